@@ -1,0 +1,1 @@
+"""Kubetrain's trainer: a DeepSpeed-style engine on PyTorch's native distributed stack."""
