@@ -1,0 +1,616 @@
+"""The TrainingJob contract: pydantic models for spec and status.
+
+Everything else derives from these models: the CRD's structural schema and CEL rules
+(`kubetrain.crd`), `kubetrain validate`, the docs' field reference and the trainer's
+config parsing. Field names are camelCase on the wire (aliases) and snake_case here.
+
+No CRD server-side defaults: a default lives only here (and in the field's description),
+so the stored object says exactly what the user wrote, and "given explicitly" stays
+knowable for the DeepSpeed-mapping rule (see `kubetrain.deepspeed`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubetrain import API_VERSION, KIND
+
+
+class CelRule(BaseModel):
+    """One CEL `x-kubernetes-validations` rule attached to the schema of a model."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: str | None = None
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected (typos are errors)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=False
+    )
+    # CEL rules of this object, emitted into the CRD and evaluated offline by `validate`.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+
+def _free_object(description: str, **kw: Any) -> Any:
+    """A field that passes an arbitrary Kubernetes object through (pod settings)."""
+    return Field(default=None, description=description, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}, **kw)
+
+
+def _free_list(description: str, max_items: int = 256) -> Any:
+    return Field(
+        default=None,
+        description=description,
+        max_length=max_items,
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
+Quantity = int | str  # Kubernetes resource quantity (int-or-string)
+
+
+# ---------------------------------------------------------------------------------- workers
+
+
+class ResourceRequirements(ApiModel):
+    limits: dict[str, Quantity] | None = Field(
+        default=None,
+        description="Resource limits per worker container (e.g. cpu: 8, memory: 64Gi). Default: none "
+        "beyond nvidia.com/gpu, which is set from gpusPerWorker.",
+        json_schema_extra={"additionalProperties": {"x-kubernetes-int-or-string": True}},
+    )
+    requests: dict[str, Quantity] | None = Field(
+        default=None,
+        description="Resource requests per worker container. Default: equal to limits.",
+        json_schema_extra={"additionalProperties": {"x-kubernetes-int-or-string": True}},
+    )
+
+
+class WorkersSpec(ApiModel):
+    replicas: int = Field(default=1, ge=1, le=4096, description="Number of worker pods (nodes) to run.")
+    min_replicas: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Fewest workers the job keeps training with (elastic lower bound). Default: replicas.",
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Most workers the job may scale to (elastic upper bound). Default: replicas.",
+    )
+    gpus_per_worker: int = Field(
+        default=0, ge=0, le=16, description="GPUs per worker pod (nvidia.com/gpu); 0 runs a CPU job."
+    )
+    procs_per_worker: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Training processes per worker pod. Default: max(1, gpusPerWorker).",
+    )
+    image: str | None = Field(
+        default=None, min_length=1,
+        description="Trainer image. Default: the trainer image bundled with the operator release.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the worker container. Default: Kubernetes' default."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Container resources of each worker. Default: only the GPU limit."
+    )
+    env: list[dict[str, Any]] | None = _free_list("Extra environment variables (core/v1 EnvVar). Default: none.")
+    env_from: list[dict[str, Any]] | None = _free_list("core/v1 EnvFromSource list. Default: none.", 64)
+    volumes: list[dict[str, Any]] | None = _free_list("Extra pod volumes (core/v1 Volume). Default: none.", 64)
+    volume_mounts: list[dict[str, Any]] | None = _free_list(
+        "Extra mounts in the worker container (core/v1 VolumeMount). Default: none.", 64
+    )
+    image_pull_secrets: list[dict[str, Any]] | None = _free_list(
+        "core/v1 LocalObjectReference list for pulling the image. Default: none.", 16
+    )
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount the worker pods run as. Default: the namespace's default."
+    )
+    labels: dict[str, str] | None = Field(default=None, description="Extra labels on worker pods. Default: none.")
+    annotations: dict[str, str] | None = Field(
+        default=None, description="Extra annotations on worker pods. Default: none."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node selector of worker pods. Default: none."
+    )
+    tolerations: list[dict[str, Any]] | None = _free_list(
+        "Tolerations of worker pods (core/v1 Toleration). Default: none.", 64
+    )
+    affinity: dict[str, Any] | None = _free_object("Affinity of worker pods (core/v1 Affinity). Default: none.")
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of worker pods. Default: none."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.minReplicas) || self.minReplicas <= self.replicas",
+            message="minReplicas must be <= replicas: lower minReplicas or raise replicas",
+            field_path=".minReplicas",
+        ),
+        CelRule(
+            rule="!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
+            message="replicas must be <= maxReplicas: lower replicas or raise maxReplicas",
+            field_path=".replicas",
+        ),
+    )
+
+    @property
+    def min(self) -> int:
+        return self.min_replicas if self.min_replicas is not None else self.replicas
+
+    @property
+    def max(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+    @property
+    def procs(self) -> int:
+        return self.procs_per_worker if self.procs_per_worker is not None else max(1, self.gpus_per_worker)
+
+
+# ------------------------------------------------------------------------------------ model
+
+ModelPreset = Literal["tiny", "124M", "350M", "1.3B"]
+
+
+class ModelSpec(ApiModel):
+    preset: ModelPreset | None = Field(
+        default=None,
+        description="Built-in GPT preset (tiny, 124M, 350M, 1.3B); explicit sizes override it. "
+        "Default: tiny, unless an entrypoint is given.",
+    )
+    n_layers: int | None = Field(default=None, ge=1, le=512, description="Transformer blocks. Default: from preset.")
+    n_heads: int | None = Field(default=None, ge=1, le=512, description="Attention heads. Default: from preset.")
+    d_model: int | None = Field(default=None, ge=8, le=65536, description="Hidden size. Default: from preset.")
+    vocab_size: int | None = Field(
+        default=None, ge=2, le=1048576, description="Vocabulary size. Default: from preset (256 for byte-level data)."
+    )
+    seq_len: int | None = Field(
+        default=None, ge=2, le=1048576, description="Context length in tokens. Default: from preset."
+    )
+    tie_embeddings: bool = Field(default=True, description="Share input embedding and output head weights.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    entrypoint: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+        description='Your own model: "pkg.module:fn" returning an nn.Module (optionally (module, loss_fn)). '
+        "Default: none (the built-in GPT).",
+    )
+    entrypoint_args: dict[str, Any] | None = _free_object(
+        "Keyword arguments passed to the entrypoint function. Default: none."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.entrypoint) || (!has(self.preset) && !has(self.nLayers) && !has(self.nHeads) && !has(self.dModel))",
+            message="entrypoint replaces the built-in GPT: remove preset/nLayers/nHeads/dModel or remove entrypoint",
+            field_path=".entrypoint",
+        ),
+        CelRule(
+            rule="has(self.entrypoint) || !has(self.entrypointArgs)",
+            message="entrypointArgs needs entrypoint: set entrypoint or remove entrypointArgs",
+            field_path=".entrypointArgs",
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+class DataSpec(ApiModel):
+    type: Literal["synthetic", "tokens", "text"] = Field(
+        default="synthetic",
+        description="synthetic: a deterministic corpus with learnable structure; tokens: memory-mapped "
+        "token shards (see `kubetrain prepare-data`); text: byte-level plain text files.",
+    )
+    path: str | None = Field(
+        default=None, min_length=1,
+        description="File, directory or glob of the data inside the worker (tokens and text). Default: none.",
+    )
+    token_dtype: Literal["uint16", "uint32"] = Field(
+        default="uint16", description="Element type of token shards (tokens only)."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.type) || self.type == 'synthetic' || has(self.path)",
+            message="data.type tokens/text reads files: set data.path",
+            field_path=".path",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------- training
+
+
+class TrainingSpec(ApiModel):
+    max_steps: int = Field(default=100, ge=1, description="Optimizer steps to train for.")
+    global_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Samples per optimizer step, at any world size (DeepSpeed train_batch_size). "
+        "Default: 8, or derived from the DeepSpeed config.",
+    )
+    micro_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Samples per forward/backward on one process (DeepSpeed "
+        "train_micro_batch_size_per_gpu); gradient accumulation is derived. "
+        "Default: globalBatchSize / world size (no accumulation).",
+    )
+    seed: int = Field(default=1234, ge=0, description="Seed for weights and data order.")
+    eval_every: int = Field(default=0, ge=0, description="Evaluate every N steps; 0 disables evaluation.")
+    eval_batches: int = Field(default=4, ge=1, description="Global batches per evaluation.")
+    log_every: int = Field(default=1, ge=1, description="Write a metrics-log line every N steps.")
+    gradient_clipping: float | None = Field(
+        default=None, ge=0.0,
+        description="Clip the global gradient norm to this value; 0 disables (DeepSpeed gradient_clipping). "
+        "Default: 1.0.",
+    )
+    activation_checkpointing: bool = Field(
+        default=False, description="Recompute transformer-block activations in backward to save memory."
+    )
+    compile: bool = Field(default=False, description="torch.compile each transformer block.")
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.globalBatchSize) || !has(self.microBatchSize) || self.globalBatchSize % self.microBatchSize == 0",
+            message="globalBatchSize must be a multiple of microBatchSize: adjust either",
+            field_path=".globalBatchSize",
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------ parallelism
+
+Strategy = Literal["ddp", "zero1", "zero2", "zero3"]
+
+
+class LocalSGDSpec(ApiModel):
+    sync_every: int = Field(default=8, ge=1, description="Average parameters every N local steps.")
+
+
+class DiLoCoSpec(ApiModel):
+    sync_every: int = Field(default=100, ge=1, description="Inner steps between outer synchronisations.")
+    outer_lr: float = Field(default=0.7, gt=0.0, description="Outer (Nesterov SGD) learning rate.")
+    outer_momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="Outer momentum.")
+
+
+class PowerSGDSpec(ApiModel):
+    rank: int = Field(default=1, ge=1, le=64, description="Rank of the low-rank gradient approximation.")
+    start_step: int = Field(default=10, ge=0, description="Plain allreduce before this step (warm start).")
+
+
+class SyncSpec(ApiModel):
+    mode: Literal["allreduce", "localSGD", "diloco", "powerSGD"] = Field(
+        default="allreduce",
+        description="Gradient synchronisation: allreduce every step, or a communication-light mode.",
+    )
+    local_sgd: LocalSGDSpec | None = Field(
+        default=None, alias="localSGD", validation_alias=AliasChoices("localSGD", "local_sgd"),
+        description="Settings of mode localSGD. Default: see fields.",
+    )
+    diloco: DiLoCoSpec | None = Field(default=None, description="Settings of mode diloco. Default: see fields.")
+    power_sgd: PowerSGDSpec | None = Field(
+        default=None, alias="powerSGD", validation_alias=AliasChoices("powerSGD", "power_sgd"),
+        description="Settings of mode powerSGD. Default: see fields.",
+    )
+
+
+class ParallelismSpec(ApiModel):
+    strategy: Strategy | None = Field(
+        default=None,
+        description="ddp: replicate; zero1: shard optimizer state; zero2: also gradients; zero3: also "
+        "parameters (DeepSpeed zero_optimization.stage 0-3). Default: ddp.",
+    )
+    sync: SyncSpec | None = Field(default=None, description="Gradient synchronisation. Default: allreduce.")
+    tensor_parallel: int = Field(
+        default=1, ge=1, le=1, description="Tensor-parallel degree (reserved; only 1 today)."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.sync) || !has(self.sync.mode) || self.sync.mode == 'allreduce' || !has(self.strategy) || self.strategy == 'ddp'",
+            message="localSGD/diloco/powerSGD replicate the model: use strategy ddp with them",
+            field_path=".sync.mode",
+        ),
+    )
+
+
+# -------------------------------------------------------------------------------- precision
+
+
+class PrecisionSpec(ApiModel):
+    dtype: Literal["fp32", "bf16", "fp16", "fp8"] | None = Field(
+        default=None,
+        description="Compute precision; master weights stay fp32. fp16 uses dynamic loss scaling; fp8 "
+        "needs GPUs of compute capability >= 8.9. Default: fp32, or from the DeepSpeed config.",
+    )
+    loss_scale: float | None = Field(
+        default=None, ge=0.0, description="fp16 only: static loss scale, 0 = dynamic. Default: 0."
+    )
+    initial_scale_power: int | None = Field(
+        default=None, ge=0, le=64, description="fp16 only: dynamic scale starts at 2**this. Default: 16."
+    )
+    loss_scale_window: int | None = Field(
+        default=None, ge=1, description="fp16 only: clean steps before the scale doubles. Default: 1000."
+    )
+    hysteresis: int | None = Field(
+        default=None, ge=1, description="fp16 only: overflows tolerated before the scale halves. Default: 2."
+    )
+    consecutive_hysteresis: bool | None = Field(
+        default=None, description="fp16 only: refill hysteresis after each clean step. Default: false."
+    )
+    min_loss_scale: float | None = Field(
+        default=None, gt=0.0, description="fp16 only: floor of the dynamic scale. Default: 1."
+    )
+    max_consecutive_non_finite: int = Field(
+        default=10, ge=1,
+        description="Skip a step whose loss is not finite; fail after this many in a row.",
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="(has(self.dtype) && self.dtype == 'fp16') || !(has(self.lossScale) || has(self.initialScalePower) "
+            "|| has(self.lossScaleWindow) || has(self.hysteresis) || has(self.consecutiveHysteresis) "
+            "|| has(self.minLossScale))",
+            message="loss-scale settings apply only to fp16: set precision.dtype fp16 or remove them",
+            field_path=".dtype",
+        ),
+    )
+
+
+# -------------------------------------------------------------------------------- optimizer
+
+
+class OptimizerSpec(ApiModel):
+    type: Literal["AdamW", "Adam", "SGD"] | None = Field(
+        default=None, description="Optimizer. Default: AdamW, or from the DeepSpeed config."
+    )
+    lr: float | None = Field(default=None, gt=0.0, description="Base learning rate. Default: 3e-4.")
+    betas: list[float] | None = Field(
+        default=None, min_length=2, max_length=2, description="Adam betas. Default: [0.9, 0.999]."
+    )
+    eps: float | None = Field(default=None, gt=0.0, description="Adam epsilon. Default: 1e-8.")
+    weight_decay: float | None = Field(default=None, ge=0.0, description="Weight decay. Default: 0.01 (0 for SGD).")
+    momentum: float | None = Field(default=None, ge=0.0, lt=1.0, description="SGD momentum. Default: 0.")
+    nesterov: bool | None = Field(default=None, description="SGD Nesterov momentum. Default: false.")
+
+
+ScheduleType = Literal[
+    "Constant", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest", "ReduceLROnPlateau"
+]
+
+
+class LRScheduleSpec(ApiModel):
+    type: ScheduleType | None = Field(
+        default=None,
+        description="Learning-rate schedule, with DeepSpeed's names and formulas (plus Constant and "
+        "ReduceLROnPlateau on the evaluation loss). Default: Constant.",
+    )
+    params: dict[str, Any] | None = _free_object(
+        "The schedule's parameters with DeepSpeed's names (e.g. warmup_num_steps); checked by the "
+        "operator and `kubetrain validate`. Default: DeepSpeed's defaults."
+    )
+
+
+# ------------------------------------------------------------------------------- checkpoint
+
+
+class StorageSpec(ApiModel):
+    claim_name: str | None = Field(
+        default=None,
+        description="PersistentVolumeClaim holding checkpoints (ReadWriteMany for multi-node jobs). "
+        "Default: none, an emptyDir that does not survive pod replacement.",
+    )
+    mount_path: str = Field(default="/checkpoints", pattern=r"^/.*", description="Mount path in workers.")
+    sub_path: str | None = Field(default=None, description="Sub-path inside the volume. Default: the job name.")
+
+
+class InitFromSpec(ApiModel):
+    path: str = Field(min_length=1, description="Checkpoint directory (or run directory) to start from.")
+    mode: Literal["weights", "full"] = Field(
+        default="weights", description="weights: model weights only; full: also optimizer, schedule and step."
+    )
+
+
+class CheckpointSpec(ApiModel):
+    interval_steps: int = Field(default=100, ge=0, description="Save every N steps; 0 saves only at the end and on preemption.")
+    keep: int = Field(default=3, ge=1, description="Committed checkpoints to keep.")
+    async_: bool = Field(
+        default=False, alias="async", validation_alias=AliasChoices("async", "async_"),
+        description="Write checkpoints in the background while training continues.",
+    )
+    storage: StorageSpec | None = Field(default=None, description="Where checkpoints live. Default: emptyDir.")
+    init_from: InitFromSpec | None = Field(default=None, description="Start from another job's checkpoint.")
+    save_timeout_seconds: int = Field(
+        default=120, ge=5, le=3600,
+        description="Time allowed for the checkpoint taken on SIGTERM (preemption); the pods' "
+        "terminationGracePeriodSeconds is this plus 30.",
+    )
+
+
+# ---------------------------------------------------------------------------------- elastic
+
+
+class ElasticSpec(ApiModel):
+    max_restarts: int = Field(default=3, ge=0, description="Worker-group restarts inside a pod (torchrun).")
+    rendezvous_timeout_seconds: int = Field(
+        default=300, ge=10, description="How long a rendezvous waits for minReplicas workers."
+    )
+    below_min_timeout_seconds: int = Field(
+        default=600, ge=0, description="Fail with BelowMinReplicas after this long below minReplicas."
+    )
+    collective_timeout_seconds: int = Field(
+        default=300, ge=10,
+        description="Timeout of one collective; a lost rank is detected within it (torch: 10-30 minutes).",
+    )
+
+
+# ------------------------------------------------------------------------------- run policy
+
+
+class SchedulingSpec(ApiModel):
+    gang: Literal["none", "kubernetes", "scheduler-plugins", "volcano"] = Field(
+        default="none", description="Gang scheduling: all of minReplicas workers placed together, or none."
+    )
+    queue: str | None = Field(default=None, description="Volcano queue. Default: none.")
+    priority_class_name: str | None = Field(default=None, description="PodGroup priority class. Default: none.")
+    scheduling_timeout_seconds: int = Field(
+        default=300, ge=10, description="Release the gang if fewer than minReplicas are scheduled by then."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Scheduling attempts before the job fails.")
+
+
+class WatchdogSpec(ApiModel):
+    stall_seconds: int = Field(
+        default=0, ge=0, description="Act when the step has not advanced this long; 0 disables the watchdog."
+    )
+    action: Literal["restart", "fail"] = Field(default="restart", description="What to do on a stall.")
+
+
+class RunPolicySpec(ApiModel):
+    suspend: bool = Field(default=False, description="Suspend: checkpoint, delete the workers, keep the status.")
+    backoff_limit: int = Field(default=3, ge=0, description="Retryable failures before the job fails.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail with DeadlineExceeded after this long running. Default: none."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the finished job after this long. Default: keep it."
+    )
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        default="Running", description="Which pods to delete when the job finishes."
+    )
+    scheduling: SchedulingSpec | None = Field(default=None, description="Gang scheduling. Default: none.")
+    watchdog: WatchdogSpec | None = Field(default=None, description="Stall watchdog. Default: off.")
+
+
+# ------------------------------------------------------------------------------------- spec
+
+_SUSPENDED_OLD = "(has(oldSelf.runPolicy) && has(oldSelf.runPolicy.suspend) && oldSelf.runPolicy.suspend)"
+
+
+def _immutable(path: str, field: str) -> CelRule:
+    new, old = f"self.{path}", f"oldSelf.{path}"
+    parent = path.rsplit(".", 1)[0] if "." in path else None
+    if parent:
+        has_new = f"(has(self.{parent}) && has({new}))"
+        has_old = f"(has(oldSelf.{parent}) && has({old}))"
+    else:
+        has_new, has_old = f"has({new})", f"has({old})"
+    same = f"({has_new} == {has_old} && (!{has_new} || {new} == {old}))"
+    return CelRule(
+        rule=f"{_SUSPENDED_OLD} || {same}",
+        message=f"{field} is immutable while the job runs: suspend it first (runPolicy.suspend: true)",
+        field_path=f".{path}",
+        reason="FieldValueForbidden",
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    workers: WorkersSpec = Field(default_factory=WorkersSpec, description="The worker pods.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="What to train.")
+    data: DataSpec = Field(default_factory=DataSpec, description="What to train on.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Steps and batch sizes.")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description="How work is split.")
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec, description="Numeric precision.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="The optimizer.")
+    lr_schedule: LRScheduleSpec = Field(
+        default_factory=LRScheduleSpec, alias="lrSchedule", description="The learning-rate schedule."
+    )
+    deepspeed: dict[str, Any] | None = _free_object(
+        "A DeepSpeed config, as-is; mapped onto the typed fields with DeepSpeed's semantics. Default: none."
+    )
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    elastic: ElasticSpec = Field(default_factory=ElasticSpec, description="Elastic and failure-detection timing.")
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Lifecycle policies.")
+
+    cel_rules = (
+        _immutable("model", "spec.model"),
+        _immutable("parallelism.strategy", "spec.parallelism.strategy"),
+        _immutable("precision", "spec.precision"),
+        _immutable("deepspeed", "spec.deepspeed"),
+    )
+
+
+# ----------------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Scheduled", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class Condition(ApiModel):
+    type: ConditionType = Field(description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
+    reason: str = Field(default="", description="CamelCase reason, e.g. BackoffLimitExceeded.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Spec generation this was set for.")
+
+
+class WorkersStatus(ApiModel):
+    desired: int = Field(default=0, description="Workers the job wants now.")
+    active: int = Field(default=0, description="Worker pods that exist and are not finished.")
+    ready: int = Field(default=0, description="Worker pods that are Ready.")
+    failed: int = Field(default=0, description="Worker pods that failed (not yet replaced).")
+
+
+class RestartsStatus(ApiModel):
+    total: int = Field(default=0, description="All restarts of the worker group.")
+    failure: int = Field(default=0, description="Restarts after a retryable failure (count toward backoffLimit).")
+    preemption: int = Field(default=0, description="Restarts after a preemption (exit 75, never counted).")
+    rescale: int = Field(default=0, description="Restarts for a change of worker count.")
+    stall: int = Field(default=0, description="Restarts by the stall watchdog.")
+    unschedulable: int = Field(default=0, description="Gang releases after a scheduling timeout.")
+
+
+class FailureStatus(ApiModel):
+    pod: str = Field(default="", description="The pod that failed.")
+    exit_code: int | None = Field(default=None, description="Its exit code.")
+    reason: str = Field(default="", description="Its reason (from the termination message).")
+    message: str = Field(default="", description="Its termination message.")
+    time: str | None = Field(default=None, description="When it was observed (RFC 3339).")
+
+
+class ProgressStatus(ApiModel):
+    step: int | None = Field(default=None, description="Last completed optimizer step.")
+    max_steps: int | None = Field(default=None, description="Steps the job trains for.")
+    loss: float | None = Field(default=None, description="Training loss at that step.")
+    learning_rate: float | None = Field(default=None, description="Learning rate at that step.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
+    mfu: float | None = Field(default=None, description="Model FLOPs utilisation (0-1); absent on CPU.")
+    last_checkpoint_step: int | None = Field(default=None, description="Step of the last committed checkpoint.")
+    updated_at: str | None = Field(default=None, description="When this was read from the workers (RFC 3339).")
+
+
+class TrainingJobStatus(ApiModel):
+    phase: Phase | None = Field(default=None, description="Pending, Running, Restarting, Suspended, Succeeded or Failed.")
+    conditions: list[Condition] | None = Field(
+        default=None, max_length=16, description="Scheduled, Running, Suspended, Succeeded, Failed.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(default=None, description="Spec generation last reconciled.")
+    selector: str | None = Field(default=None, description="Label selector of the worker pods (scale subresource).")
+    workers: WorkersStatus | None = Field(default=None, description="Worker counts.")
+    world_size: int | None = Field(default=None, description="Training processes in the current rendezvous.")
+    restarts: RestartsStatus | None = Field(default=None, description="Restarts by cause.")
+    last_failure: FailureStatus | None = Field(default=None, description="The most recent worker failure.")
+    progress: ProgressStatus | None = Field(default=None, description="Live training progress.")
+    scheduling_attempts: int | None = Field(default=None, description="Gang scheduling attempts so far.")
+    restart_generation: int | None = Field(
+        default=None, description="Incremented on each whole-gang restart; pods of older generations are replaced."
+    )
+    backoff_until: str | None = Field(default=None, description="No new pods before this time (RFC 3339).")
+    below_min_since: str | None = Field(default=None, description="Since when fewer than minReplicas run.")
+    start_time: str | None = Field(default=None, description="When the job first ran (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the job finished (RFC 3339).")
+
+
+class TrainingJob(ApiModel):
+    api_version: Literal["kubetrain.dev/v1alpha1"] = Field(default=API_VERSION, description="kubetrain.dev/v1alpha1")
+    kind: Literal["TrainingJob"] = Field(default=KIND, description="TrainingJob")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec, description="What to train and how.")
+    status: TrainingJobStatus | None = Field(default=None, description="Observed state, written by the operator.")

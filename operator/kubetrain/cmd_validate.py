@@ -1,0 +1,47 @@
+"""`kubetrain validate FILE...`: exit 0 when every TrainingJob is valid, else 1 with one
+line per problem (field path, what is wrong, how to fix it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kubetrain.specfile import SpecFileError, load_documents
+from kubetrain.validate import validate_object
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="TrainingJob YAML/JSON files ('-' = stdin)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+
+
+def run(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            docs = load_documents(path)
+        except SpecFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for i, doc in enumerate(docs):
+            where = path if len(docs) == 1 else f"{path}#{i + 1}"
+            problems = validate_object(doc)
+            notes = notes_for(doc) if not problems else []
+            for p in problems:
+                print(f"{where}: {p}")
+            for n in notes:
+                print(f"{where}: note: {n}")
+            if problems:
+                failed = True
+            elif not args.quiet:
+                name = (doc.get("metadata") or {}).get("name", "?")
+                print(f"{where}: TrainingJob {name} is valid")
+    return 1 if failed else 0
+
+
+def notes_for(doc: dict) -> list[str]:
+    """Non-fatal remarks (e.g. DeepSpeed keys Kubetrain ignores), filled by later modules."""
+    from kubetrain.validate import NOTE_PROVIDERS
+
+    return [n for provider in NOTE_PROVIDERS for n in provider(doc)]
