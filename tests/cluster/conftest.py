@@ -1,0 +1,58 @@
+"""Fixtures for the cluster tier: one control plane per session, a fresh namespace per test.
+
+Set KUBECONFIG_KUBETRAIN_TEST to the kubeconfig of a running cluster (`python -m tests.cluster up`)
+to reuse it instead of starting one."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import binaries
+from tests.cluster.helpers import Cluster, wait_for
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    existing = os.environ.get("KUBECONFIG_KUBETRAIN_TEST")
+    if existing:
+        try:
+            yield Cluster.connect(Path(existing))
+        except binaries.MissingBinaries as e:
+            pytest.skip(str(e))
+        return
+
+    from tests.cluster.launcher import ControlPlane
+
+    try:
+        cp = ControlPlane()
+    except binaries.MissingBinaries as e:
+        pytest.skip(str(e))
+    info = cp.start()
+    try:
+        yield Cluster(kubeconfig=Path(info.kubeconfig), kubectl_bin=info.kubectl, node_count=cp.node_count)
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount) for one test; deleted afterwards."""
+    cluster.ensure_nodes()
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    # the ServiceAccount admission plugin refuses pods until the token controller made `default`
+    wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30, f"serviceaccount default in {name}",
+    )
+    yield name
+    # pods on a lost node never finish terminating; force them so the namespace can go
+    cluster.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

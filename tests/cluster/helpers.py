@@ -1,0 +1,190 @@
+"""What tests get from the `cluster` fixture: kubectl, a kubernetes client and KWOK helpers
+(drive a pod to Succeeded/Failed, lose or delete a node, restore the nodes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.cluster import binaries, nodes
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> T:
+    """Poll fn until it returns something truthy; return it, or fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    kubectl_bin: str
+    versions: dict[str, str] = field(default_factory=binaries.versions)
+    node_count: int = 4
+
+    @classmethod
+    def connect(cls, kubeconfig: Path) -> Cluster:
+        """Use a cluster that is already running (e.g. `python -m tests.cluster up`)."""
+        kubectl = binaries.find("kubectl") or shutil.which("kubectl")
+        if kubectl is None:
+            raise binaries.MissingBinaries("kubectl not found; run `bash tests/cluster/build.sh`")
+        return cls(kubeconfig=kubeconfig, kubectl_bin=str(kubectl))
+
+    # ------------------------------------------------------------- clients
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, helm, an operator) that should use this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    @cached_property
+    def api(self) -> Any:
+        """A kubernetes.client.ApiClient for this cluster."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    @cached_property
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api)
+
+    # ------------------------------------------------------------- pods
+
+    def terminate_pod(
+        self,
+        namespace: str,
+        name: str,
+        exit_code: int,
+        message: str = "",
+        reason: str | None = None,
+        container: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Finish a pod as if its container exited with `exit_code` and wrote `message` to its
+        termination log: phase Succeeded (0) or Failed (anything else). Waits for KWOK to have made
+        the pod Running first, so KWOK never overwrites the result (no stage matches a finished pod)."""
+        from kubernetes.client.exceptions import ApiException
+
+        def running() -> dict[str, Any] | None:
+            pod = self.api.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
+            return pod if pod.get("status", {}).get("phase") == "Running" else None
+
+        deadline = time.monotonic() + timeout
+        while True:
+            pod = wait_for(running, max(1.0, deadline - time.monotonic()), f"pod {namespace}/{name} Running")
+            self._finish(pod, exit_code, message, reason, container)
+            try:
+                result = self.core.replace_namespaced_pod_status(name, namespace, pod)
+                return dict(self.api.sanitize_for_serialization(result))
+            except ApiException as e:  # 409: KWOK or a controller wrote in between; read again
+                if e.status != 409 or time.monotonic() > deadline:
+                    raise
+
+    @staticmethod
+    def _finish(pod: dict[str, Any], code: int, message: str, reason: str | None, container: str | None) -> None:
+        now = _now()
+        target = container or pod["spec"]["containers"][0]["name"]
+        previous = {s["name"]: s for s in pod["status"].get("containerStatuses") or []}
+        statuses = []
+        for c in pod["spec"]["containers"]:
+            mine = c["name"] == target
+            rc = code if mine else 0
+            terminated = {
+                "exitCode": rc,
+                "reason": (reason or ("Completed" if rc == 0 else "Error")) if mine else "Completed",
+                "startedAt": previous.get(c["name"], {}).get("state", {}).get("running", {}).get("startedAt", now),
+                "finishedAt": now,
+            }
+            if mine and message:
+                terminated["message"] = message
+            statuses.append({
+                "name": c["name"], "image": c["image"], "imageID": "", "ready": False, "started": False,
+                "restartCount": previous.get(c["name"], {}).get("restartCount", 0),
+                "state": {"terminated": terminated},
+            })
+        status = pod["status"]
+        status["containerStatuses"] = statuses
+        status["phase"] = "Succeeded" if code == 0 else "Failed"
+        why = "PodCompleted" if code == 0 else "PodFailed"
+        conds = [c for c in status.get("conditions") or [] if c["type"] not in ("Ready", "ContainersReady")]
+        conds += [{"type": t, "status": "False", "reason": why, "lastTransitionTime": now} for t in ("Ready", "ContainersReady")]
+        status["conditions"] = conds
+
+    # ------------------------------------------------------------- nodes
+
+    def lose_node(self, name: str, delete: bool = False) -> None:
+        """Make a node disappear: KWOK stops managing it (no heartbeats, its pods never finish
+        terminating) and its Ready condition turns Unknown at once, as the node controller would
+        after the grace period; with delete=True the Node object is deleted as well."""
+        self.core.patch_node(name, {"metadata": {"annotations": {nodes.KWOK_ANNOTATION: nodes.LOST_VALUE}}})
+        now = _now()
+        unknown = [
+            {"type": t, "status": "Unknown", "reason": "NodeStatusUnknown",
+             "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": now, "lastTransitionTime": now}
+            for t in ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
+        ]
+        self.core.patch_node_status(name, {"status": {"conditions": unknown}})
+        if delete:
+            self.delete_node(name)
+
+    def delete_node(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def ensure_nodes(self, timeout: float = 30.0) -> None:
+        """Bring the KWOK nodes back to the initial state after a test lost or deleted some."""
+        present = {n["metadata"]["name"]: n for n in self.kubectl_json("get", "nodes")["items"]}
+        for i in range(self.node_count):
+            node = present.get(nodes.name(i))
+            if node is None:
+                self.kubectl("create", "-f", "-", stdin=json.dumps(nodes.manifest(i)))
+            elif node["metadata"].get("annotations", {}).get(nodes.KWOK_ANNOTATION) != nodes.KWOK_ANNOTATION_VALUE:
+                self.core.patch_node(nodes.name(i), {
+                    "metadata": {"annotations": {nodes.KWOK_ANNOTATION: nodes.KWOK_ANNOTATION_VALUE}}
+                })
+        wait_for(lambda: nodes.all_ready(self._kubectl_out, self.node_count), timeout, "KWOK nodes Ready")
+
+    def _kubectl_out(self, *args: str, stdin: str | None = None) -> str:
+        return self.kubectl(*args, stdin=stdin).stdout
