@@ -76,7 +76,7 @@ class _Converter:
 
     def _plain(self, node: dict[str, Any], keep_type: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        default = node.get("default", None)
+        default = node.get("default")
         for key, value in node.items():
             if key in _DROP:
                 continue

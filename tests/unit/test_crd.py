@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from kubetrain import api
 from kubetrain.crd import build_crd, crd_yaml
 
@@ -123,3 +122,10 @@ def test_cel_rules_present() -> None:
     for _, node in _nodes(_schema()):
         for rule in node.get("x-kubernetes-validations", []):
             assert "oldSelf.workers" not in rule["rule"]
+
+
+def test_field_reference_matches_models() -> None:
+    from kubetrain.fieldref import render
+
+    committed = (REPO / "docs" / "fields.md").read_text()
+    assert committed == render(), "docs/fields.md drifted: run `python -m kubetrain.fieldref > docs/fields.md`"

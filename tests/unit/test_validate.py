@@ -11,7 +11,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from kubetrain import api
 from kubetrain.crd import build_crd
 from kubetrain.validate import cel_problems, validate_object
