@@ -1,0 +1,113 @@
+"""``python -m kubetrain_trainer --spec FILE`` — one training process (run it under torchrun).
+
+Exit codes (DESIGN.md): 0 done, 64 invalid spec, 65 model/data error or divergence (permanent),
+anything else retryable.  On failure ``{reason, message, step}`` is written to the termination log
+(``$KUBETRAIN_TERMINATION_LOG``, or ``/dev/termination-log`` when it exists) and to
+``<run dir>/failures/rank<R>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .errors import EXIT_OK, EXIT_RETRYABLE, TrainerError
+
+log = logging.getLogger("kubetrain_trainer")
+
+
+def run_dir_for(name: str, cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("KUBETRAIN_RUN_DIR") or Path("runs") / name)
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[rank{rank}] %(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def write_failure(run_dir: Path | None, rank: int, reason: str, message: str, step: int | None) -> None:
+    record = {"reason": reason, "message": message[-3000:], "step": step}
+    targets: list[Path] = []
+    term = os.environ.get("KUBETRAIN_TERMINATION_LOG")
+    if term:
+        targets.append(Path(term))
+    elif Path("/dev/termination-log").exists():
+        targets.append(Path("/dev/termination-log"))
+    if run_dir is not None:
+        targets.append(run_dir / "failures" / f"rank{rank}.json")
+    for path in targets:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record) + "\n")
+        except OSError:
+            pass
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(summary)
+    out.pop("history", None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kubetrain_trainer", description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", help="TrainingJob or spec as JSON/YAML file (default: $KUBETRAIN_SPEC)")
+    ap.add_argument("--run-dir", help="where metrics.jsonl and summary.json go "
+                    "(default: $KUBETRAIN_RUN_DIR or ./runs/<name>)")
+    args = ap.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    _setup_logging(rank)
+
+    from . import distributed  # torch import after argument parsing (fast --help)
+
+    trainer = None
+    run_dir: Path | None = None
+    rc = EXIT_OK
+    try:
+        cfg = config.load(args.spec)
+        run_dir = run_dir_for(cfg.name, args.run_dir)
+        ctx = distributed.init(cfg.workers.gpus_per_worker, cfg.elastic.collective_timeout_seconds)
+        from .engine import Trainer
+        from .faults import Faults
+        from .metrics import metrics_port
+
+        trainer = Trainer(cfg, ctx, run_dir, metrics_port=metrics_port(), faults=Faults.from_env())
+        summary = trainer.fit()
+        if ctx.is_main:
+            (run_dir / "summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
+            log.info(
+                "done: %d steps, final loss %.4f, %.0f tokens/s", summary.steps,
+                summary.final_loss if summary.final_loss is not None else float("nan"), summary.tokens_per_s or 0,
+            )
+    except TrainerError as e:
+        log.error("%s: %s", e.reason, e)
+        write_failure(run_dir, rank, e.reason, str(e), trainer.step if trainer else None)
+        rc = e.exit_code
+    except Exception as e:
+        log.error("unexpected failure:\n%s", traceback.format_exc())
+        write_failure(run_dir, rank, type(e).__name__, f"{e}", trainer.step if trainer else None)
+        rc = EXIT_RETRYABLE
+    finally:
+        if trainer is not None:
+            trainer.close()
+    if rc == EXIT_OK:
+        distributed.shutdown()
+    else:
+        # Peers may be blocked in a collective: do not barrier, do not run atexit teardown (which
+        # can hang or abort in gloo); torchrun stops the rest of the group.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(rc)
+    return rc

@@ -1,0 +1,320 @@
+"""The training loop: one optimizer step = exactly globalBatchSize samples, at any world size.
+
+Step numbering: ``step`` counts iterations (each consumes a global batch, including skipped ones);
+``applied_steps`` counts optimizer updates and indexes the lr schedule (``lr_at(applied_steps)``),
+so overflow-skipped fp16 steps do not advance it (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from kubetrain.loss_scale import LossScaleAtMinimumError
+from kubetrain.schedules import LRSchedule, ScheduleError, make_schedule
+
+from . import fp8
+from .config import JobConfig
+from .data import Loader, make_plan, open_corpus
+from .distributed import DistContext
+from .errors import DivergedError, SpecError
+from .faults import Faults
+from .metrics import (
+    JsonlLog,
+    MetricsServer,
+    Progress,
+    Throughput,
+    monotonic,
+    now_rfc3339,
+    peak_flops,
+    peak_memory_bytes,
+)
+from .models import build_model
+from .optim import build_optimizer, set_lr
+from .parallel import check_combination, parallelize
+from .precision import make_plan as make_precision_plan
+
+log = logging.getLogger("kubetrain_trainer")
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+@dataclass
+class Summary:
+    steps: int
+    applied_steps: int
+    skipped_steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    wall_time_s: float
+    world_size: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: JobConfig,
+        ctx: DistContext,
+        run_dir: Path | None = None,
+        *,
+        metrics_port: int = 0,
+        faults: Faults | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.run_dir = run_dir
+        self.faults = faults or Faults()
+        self.callbacks = list(callbacks)
+        self.step = 0  # next iteration to run == iterations done
+        self.applied_steps = 0
+        self.consecutive_non_finite = 0
+        self.stop_requested = False  # set by a signal handler (preemption): stop after this step
+        self.last_checkpoint_step: int | None = None
+        t = cfg.training
+
+        self.precision = make_precision_plan(cfg.precision, cfg.parallel.strategy, ctx.device)
+        if cfg.precision.dtype == "fp8":
+            fp8.check_supported(ctx.device)
+        self.batch_plan = make_plan(t.global_batch_size, t.micro_batch_size, ctx.world_size, ctx.rank)
+        try:
+            self.schedule: LRSchedule = make_schedule(
+                cfg.schedule.type or "Constant", cfg.schedule.params, base_lr=cfg.optimizer.lr
+            )
+        except ScheduleError as e:
+            raise SpecError(f"spec.lrSchedule.{'type' if e.key == 'type' else 'params.' + e.key}: {e.message}") from None
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        with torch.device(ctx.device):
+            built = build_model(cfg.model)
+        check_combination(cfg.parallel.strategy, cfg.precision.dtype, ctx.world_size, built)
+        if cfg.precision.dtype == "fp8":
+            self.fp8_impl = fp8.convert(built.module)
+        self.built = built
+        self.par = parallelize(
+            built, cfg.parallel.strategy, self.precision, ctx,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile,
+        )
+        self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
+        torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
+
+        corpus = open_corpus(
+            cfg.data, vocab_size=built.vocab_size or cfg.model.vocab_size, seq_len=built.seq_len, seed=t.seed
+        )
+        self.loader = Loader(corpus, self.batch_plan, ctx.device)
+        n_devices = ctx.world_size if ctx.device.type == "cuda" else 0
+        self.throughput = Throughput(
+            t.global_batch_size * built.seq_len, built.flops_per_token,
+            peak_flops(ctx.device, cfg.precision.dtype), n_devices,
+        )
+        self.progress = Progress(t.max_steps, ctx.world_size)
+        self.server = MetricsServer(self.progress, metrics_port) if metrics_port and ctx.is_local_main else None
+        self.log: JsonlLog | None = None
+        if run_dir is not None and ctx.is_main:
+            self.log = JsonlLog(run_dir / "metrics.jsonl")
+        self.history: list[dict[str, Any]] = []
+        self._last_sync: float | None = None
+        if ctx.is_main:
+            log.info(
+                "model %.2fM params, strategy %s, %s, world %d, global batch %d = %d x micro %d x accum %d",
+                built.n_params / 1e6, cfg.parallel.strategy, cfg.precision.dtype, ctx.world_size,
+                t.global_batch_size, ctx.world_size, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
+            )
+
+    # ------------------------------------------------------------------ one step
+
+    def _forward_backward(self, batch: list[tuple[torch.Tensor, torch.Tensor]], scale: float) -> torch.Tensor:
+        accum = len(batch)
+        loss_acc = torch.zeros((), device=self.ctx.device)
+        for m, (x, y) in enumerate(batch):
+            with self.par.grad_sync(m == accum - 1), self.precision.autocast():
+                loss = self.built.loss_fn(self.par.module(x), y)
+            if self.faults.nan_loss(self.step + 1, self.ctx.rank):
+                loss = loss * float("nan")
+            loss_acc += loss.detach().float()
+            (loss * (scale / accum)).backward()
+        return loss_acc / accum
+
+    def _set_schedule_lr(self) -> float:
+        k = self.applied_steps
+        lr = self.schedule.lr_at(k)
+        set_lr(self.optimizer, lr)
+        betas_at = getattr(self.schedule, "betas_at", None)
+        betas = betas_at(k) if callable(betas_at) else None
+        if betas is not None:
+            for g in self.optimizer.param_groups:
+                if "betas" in g:
+                    g["betas"] = tuple(betas)
+                elif "momentum" in g:
+                    g["momentum"] = betas[0]
+        return lr
+
+    def train_step(self) -> dict[str, Any]:
+        t0 = monotonic()
+        batch = self.loader.step_batch(self.step)
+        data_time = monotonic() - t0
+        self.par.module.train()
+        scaler = self.precision.scaler
+        scale = float(scaler.scale)
+        local_loss = self._forward_backward(batch, scale)
+        if self.faults.inf_grad(self.step + 1, self.ctx.rank):
+            self.par.poison_grads_()
+        norm = self.par.grad_norm()
+        # One all-reduce and one host sync per step: [sum of rank losses, sum of (identical) norms].
+        stats = torch.stack([local_loss, norm.float()])
+        dist.all_reduce(stats)
+        loss_sum, norm_sum = stats.tolist()
+        now = monotonic()
+        step_time = now - (self._last_sync if self._last_sync is not None else t0)
+        self._last_sync = now
+        loss = loss_sum / self.ctx.world_size
+        grad_norm = norm_sum / self.ctx.world_size / scale
+        loss_ok, grad_ok = math.isfinite(loss), math.isfinite(grad_norm)
+        lr = self._set_schedule_lr()
+        try:
+            skip = scaler.update(not (loss_ok and grad_ok))
+        except LossScaleAtMinimumError as e:
+            raise DivergedError(str(e)) from None
+        self._check_non_finite(loss_ok, grad_ok)
+        if not skip:
+            coef = 1.0 / scale
+            clip = self.cfg.training.gradient_clipping
+            if clip > 0 and grad_norm > clip:
+                coef *= clip / (grad_norm + 1e-6)
+            if coef != 1.0:
+                self.par.scale_grads_(torch.tensor(coef, device=self.ctx.device))
+            self.optimizer.step()
+            self.applied_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        tps, mfu = self.throughput.measure(step_time)
+        return {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "loss_scale": scale,
+            "skipped": bool(skip),
+            "skipped_steps": int(scaler.skipped_steps),
+            "tokens_per_s": tps,
+            "mfu": mfu,
+            "step_time": step_time,
+            "data_time": data_time,
+            "peak_mem": peak_memory_bytes(self.ctx.device),
+            "world_size": self.ctx.world_size,
+        }
+
+    def _check_non_finite(self, loss_ok: bool, grad_ok: bool) -> None:
+        """Non-finite loss (any dtype) or non-finite gradients outside fp16 (where the loss scaler owns
+        overflows): skip the step; fail after ``maxConsecutiveNonFinite`` such steps in a row."""
+        bad = not loss_ok or (not grad_ok and not self.precision.uses_loss_scaling)
+        self.consecutive_non_finite = self.consecutive_non_finite + 1 if bad else 0
+        limit = self.cfg.precision.max_consecutive_non_finite
+        if bad and limit and self.consecutive_non_finite >= limit:
+            what = "loss" if not loss_ok else "gradient norm"
+            raise DivergedError(
+                f"the {what} was not finite for {self.consecutive_non_finite} consecutive steps "
+                f"(through step {self.step + 1}; precision.maxConsecutiveNonFinite={limit}): the run has "
+                "diverged. Lower the learning rate, enable gradient clipping, or use bf16."
+            )
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.par.module.eval()
+        n = self.cfg.training.eval_batches * self.batch_plan.accum_steps
+        total = torch.zeros((), device=self.ctx.device)
+        for i in range(n):
+            x, y = self.loader.eval_batch(i)
+            with self.precision.autocast():
+                total += self.built.loss_fn(self.par.module(x), y).float()
+        dist.all_reduce(total)
+        return float(total.item()) / (n * self.ctx.world_size)
+
+    # ------------------------------------------------------------------ loop
+
+    def _record(self, rec: dict[str, Any]) -> None:
+        self.history.append(rec)
+        last = rec["step"] >= self.cfg.training.max_steps
+        if rec["step"] % self.cfg.training.log_every == 0 or last or "eval_loss" in rec:
+            if self.log is not None:
+                self.log.write({**rec, "time": now_rfc3339()})
+            if self.ctx.is_local_main:
+                self.progress.update(rec)
+        for cb in self.callbacks:
+            cb(self, rec)
+
+    def fit(self) -> Summary:
+        t = self.cfg.training
+        start = monotonic()
+        eval_loss: float | None = None
+        while self.step < t.max_steps and not self.stop_requested:
+            rec = self.train_step()
+            if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.max_steps):
+                eval_loss = self.evaluate()
+                self.schedule.observe(eval_loss)
+                rec["eval_loss"] = eval_loss
+            self._record(rec)
+        wall = monotonic() - start
+        steady = self.history[1:] or self.history
+        tps = [r["tokens_per_s"] for r in steady]
+        mfus = [r["mfu"] for r in steady if r["mfu"] is not None]
+        summary = Summary(
+            steps=self.step,
+            applied_steps=self.applied_steps,
+            skipped_steps=int(self.precision.scaler.skipped_steps),
+            final_loss=self.history[-1]["loss"] if self.history else None,
+            eval_loss=eval_loss,
+            tokens_per_s=sum(tps) / len(tps) if tps else None,
+            mfu=sum(mfus) / len(mfus) if mfus else None,
+            wall_time_s=wall,
+            world_size=self.ctx.world_size,
+            history=self.history,
+        )
+        return summary
+
+    # ------------------------------------------------------------------ checkpoint hooks
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything besides model/optimizer tensors needed to resume exactly (plain Python)."""
+        return {
+            "step": self.step,
+            "applied_steps": self.applied_steps,
+            "consumed_samples": self.step * self.cfg.training.global_batch_size,
+            "consecutive_non_finite": self.consecutive_non_finite,
+            "scaler": self.precision.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+        }
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        g = self.cfg.training.global_batch_size
+        if state["consumed_samples"] % g:
+            raise SpecError(
+                f"cannot resume: {state['consumed_samples']} samples consumed is not a multiple of "
+                f"globalBatchSize {g} (globalBatchSize must not change across a resume)"
+            )
+        self.step = state["consumed_samples"] // g
+        self.applied_steps = int(state["applied_steps"])
+        self.consecutive_non_finite = int(state.get("consecutive_non_finite", 0))
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def checkpoint_committed(self, step: int) -> None:
+        self.last_checkpoint_step = step
+        self.progress.checkpoint_committed(step)
+
+    def close(self) -> None:
+        self.loader.close()
+        if self.server is not None:
+            self.server.close()
+        if self.log is not None:
+            self.log.close()

@@ -1,0 +1,44 @@
+"""Trainer failure taxonomy and the exit codes the launcher maps them to (see DESIGN.md)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INVALID_SPEC = 64
+EXIT_MODEL_OR_DATA = 65
+EXIT_PREEMPTED = 75
+EXIT_RETRYABLE = 1
+
+
+class TrainerError(Exception):
+    """Base class: a failure with a machine-readable reason and an exit code."""
+
+    exit_code = EXIT_RETRYABLE
+    reason = "TrainerError"
+
+
+class SpecError(TrainerError):
+    """The spec is invalid or asks for something impossible on this hardware (permanent)."""
+
+    exit_code = EXIT_INVALID_SPEC
+    reason = "InvalidSpec"
+
+
+class ModelError(TrainerError):
+    """The model cannot be built (bad entrypoint, wrong return type) (permanent)."""
+
+    exit_code = EXIT_MODEL_OR_DATA
+    reason = "ModelError"
+
+
+class DataError(TrainerError):
+    """The data cannot be read or does not match the model (permanent)."""
+
+    exit_code = EXIT_MODEL_OR_DATA
+    reason = "DataError"
+
+
+class DivergedError(TrainerError):
+    """Too many consecutive non-finite steps. Permanent: a restart replays the same data."""
+
+    exit_code = EXIT_MODEL_OR_DATA
+    reason = "NonFiniteLoss"

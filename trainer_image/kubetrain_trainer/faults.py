@@ -1,0 +1,41 @@
+"""FAULT INJECTION for tests only — never set these in production.
+
+Steps are numbered as in the metrics log (1 = the first step).
+
+``KUBETRAIN_FAULT_INF_GRAD_STEPS=3,4``  after backward at these steps, rank 0 overwrites one of its
+    gradients with +inf (an fp16-style overflow that only ONE rank sees, so the skip decision has
+    to travel through the all-reduce).
+``KUBETRAIN_FAULT_NAN_LOSS_STEPS=5``    at these steps rank 0's loss (and so its gradients) is NaN.
+``KUBETRAIN_FAULT_RANK=0``              which rank injects (default 0).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _steps(name: str) -> frozenset[int]:
+    raw = os.environ.get(name, "").strip()
+    return frozenset(int(s) for s in raw.split(",") if s.strip())
+
+
+@dataclass(frozen=True)
+class Faults:
+    inf_grad_steps: frozenset[int] = field(default_factory=frozenset)
+    nan_loss_steps: frozenset[int] = field(default_factory=frozenset)
+    rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        return cls(
+            inf_grad_steps=_steps("KUBETRAIN_FAULT_INF_GRAD_STEPS"),
+            nan_loss_steps=_steps("KUBETRAIN_FAULT_NAN_LOSS_STEPS"),
+            rank=int(os.environ.get("KUBETRAIN_FAULT_RANK", "0")),
+        )
+
+    def inf_grad(self, step: int, rank: int) -> bool:
+        return rank == self.rank and step in self.inf_grad_steps
+
+    def nan_loss(self, step: int, rank: int) -> bool:
+        return rank == self.rank and step in self.nan_loss_steps

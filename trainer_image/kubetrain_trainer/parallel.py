@@ -1,0 +1,124 @@
+"""Data parallelism on PyTorch's native stack.
+
+- ``ddp``:   DistributedDataParallel (full replicas; gradients all-reduced, averaged).
+- ``zero1``: DDP + ``ZeroRedundancyOptimizer`` (optimizer state sharded; see ``optim``).
+- ``zero2``: FSDP2 ``fully_shard`` per block and the root, ``reshard_after_forward=False``
+             (parameters stay gathered between forward and backward; gradients and optimizer
+             state sharded).
+- ``zero3``: the same with ``reshard_after_forward=True`` (parameters sharded too).
+
+All four average gradients over ranks; the engine scales each micro-batch loss by
+``1 / accum_steps`` so the result is the mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributed._composable import checkpoint as ac_checkpoint
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .distributed import DistContext
+from .errors import SpecError
+from .models import BuiltModel
+from .precision import PrecisionPlan
+
+FSDP_STRATEGIES = ("zero2", "zero3")
+
+
+@dataclass
+class Parallelized:
+    module: nn.Module  # call this for forward
+    inner: nn.Module  # the unwrapped model (state-dict FQNs as built)
+    strategy: str
+    params: list[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def is_fsdp(self) -> bool:
+        return self.strategy in FSDP_STRATEGIES
+
+    @contextlib.contextmanager
+    def grad_sync(self, enabled: bool) -> Iterator[None]:
+        """DDP/zero1: skip the all-reduce on non-final micro-batches. FSDP reduce-scatters every
+        micro-batch (ZeRO-2/3 style: only sharded gradients are ever accumulated)."""
+        if enabled or not isinstance(self.module, DDP):
+            yield
+            return
+        with self.module.no_sync():
+            yield
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.params if p.grad is not None]
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of all gradients (DTensor shards are combined with an all-reduce)."""
+        grads = self.grads()
+        if not grads:
+            return torch.zeros((), device=self.params[0].device)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        return norm
+
+    @torch.no_grad()
+    def poison_grads_(self) -> None:
+        """Fault injection (tests): make this rank's first gradient +inf."""
+        g = self.grads()[0]
+        (g.to_local() if isinstance(g, DTensor) else g).fill_(float("inf"))
+
+    @torch.no_grad()
+    def scale_grads_(self, coef: torch.Tensor) -> None:
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in self.grads()]
+        if local:
+            torch._foreach_mul_(local, coef.to(local[0].device))
+
+
+def check_combination(strategy: str, precision: str, world_size: int, built: BuiltModel) -> None:
+    if strategy in FSDP_STRATEGIES and not built.blocks:
+        # Still valid (root-only sharding), but say it once so users know why memory is high.
+        pass
+    if precision == "fp8" and strategy == "zero1":
+        raise SpecError(
+            "precision.dtype fp8 with parallelism.strategy zero1 is not supported "
+            "(ZeroRedundancyOptimizer does not handle fp8 layers); use ddp, zero2 or zero3"
+        )
+
+
+def parallelize(
+    built: BuiltModel,
+    strategy: str,
+    plan: PrecisionPlan,
+    ctx: DistContext,
+    *,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+) -> Parallelized:
+    model = built.module
+    if activation_checkpointing:
+        if not built.blocks:
+            raise SpecError("training.activationCheckpointing needs a model with transformer blocks")
+        for block in built.blocks:
+            ac_checkpoint(block)
+    if compile:
+        for block in built.blocks or [model]:
+            block.compile()
+    params = list(dict.fromkeys(model.parameters()))  # de-duplicated (tied embeddings)
+    if strategy in FSDP_STRATEGIES:
+        reshard = strategy == "zero3"
+        mp = plan.mp_policy()
+        for block in built.blocks:
+            fully_shard(block, reshard_after_forward=reshard, mp_policy=mp)
+        fully_shard(model, reshard_after_forward=reshard, mp_policy=mp)
+        assert isinstance(model, FSDPModule)
+        return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())))
+    if strategy in ("ddp", "zero1"):
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ddp = DDP(model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+        return Parallelized(ddp, model, strategy, params)
+    raise SpecError(f"unknown parallelism.strategy {strategy!r}")
