@@ -107,7 +107,8 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=(-X "$p.gitVersion=$K8S_VERSION" -X "$p.gitMajor=1" -X "$p.gitMinor=$k8s_minor"
     -X "$p.gitTreeState=clean" -X "$p.buildDate=$build_date")
 done
-ldflags+=(-X "sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+ldflags+=(-X "go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
+  -X "sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   -X "sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
   -X "helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   -X "helm.sh/helm/v3/internal/version.gitTreeState=clean"

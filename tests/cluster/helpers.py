@@ -149,20 +149,20 @@ class Cluster:
 
     # ------------------------------------------------------------- nodes
 
-    def lose_node(self, name: str, delete: bool = False) -> None:
-        """Make a node disappear: KWOK stops managing it (no heartbeats, its pods never finish
-        terminating) and its Ready condition turns Unknown at once, as the node controller would
-        after the grace period; with delete=True the Node object is deleted as well."""
-        self.core.patch_node(name, {"metadata": {"annotations": {nodes.KWOK_ANNOTATION: nodes.LOST_VALUE}}})
-        now = _now()
-        unknown = [
-            {"type": t, "status": "Unknown", "reason": "NodeStatusUnknown",
-             "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": now, "lastTransitionTime": now}
-            for t in ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
-        ]
-        self.core.patch_node_status(name, {"status": {"conditions": unknown}})
+    def lose_node(self, name: str, delete: bool = False, wait: bool = True, timeout: float = 60.0) -> None:
+        """Make a node disappear as a crashed machine would: KWOK stops managing it (no lease
+        renewals, no status, its pods never finish terminating), so after the node-monitor grace
+        period the real node lifecycle controller marks it Unknown, taints it unreachable and marks
+        its pods not Ready (wait=True waits for that). delete=True also deletes the Node object."""
+        self.core.patch_node(name, {"metadata": {"labels": {nodes.MANAGED_LABEL: None}}})
+        if wait:
+            wait_for(lambda: not self._node_ready(name), timeout, f"node {name} to turn NotReady/Unknown")
         if delete:
             self.delete_node(name)
+
+    def _node_ready(self, name: str) -> bool:
+        node = self.core.read_node(name)
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
     def delete_node(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -180,10 +180,8 @@ class Cluster:
             node = present.get(nodes.name(i))
             if node is None:
                 self.kubectl("create", "-f", "-", stdin=json.dumps(nodes.manifest(i)))
-            elif node["metadata"].get("annotations", {}).get(nodes.KWOK_ANNOTATION) != nodes.KWOK_ANNOTATION_VALUE:
-                self.core.patch_node(nodes.name(i), {
-                    "metadata": {"annotations": {nodes.KWOK_ANNOTATION: nodes.KWOK_ANNOTATION_VALUE}}
-                })
+            elif node["metadata"].get("labels", {}).get(nodes.MANAGED_LABEL) != "true":
+                self.core.patch_node(nodes.name(i), {"metadata": {"labels": {nodes.MANAGED_LABEL: "true"}}})
         wait_for(lambda: nodes.all_ready(self._kubectl_out, self.node_count), timeout, "KWOK nodes Ready")
 
     def _kubectl_out(self, *args: str, stdin: str | None = None) -> str:

@@ -179,6 +179,13 @@ class ControlPlane:
             f"--kubelet-client-certificate={certs.clients['apiserver-kubelet-client'].cert}",
             f"--kubelet-client-key={certs.clients['apiserver-kubelet-client'].key}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--requestheader-client-ca-file={certs.ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={certs.clients['front-proxy-client'].cert}",
+            f"--proxy-client-key-file={certs.clients['front-proxy-client'].key}",
             *self.extra_apiserver_args,
         ])
         self._ssl = ssl.create_default_context(cafile=str(certs.ca.cert))
@@ -204,7 +211,7 @@ class ControlPlane:
             f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
-            "--node-monitor-grace-period=20s",
+            "--node-monitor-grace-period=16s",
             "--concurrent-gc-syncs=5", "--concurrent-namespace-syncs=5",
         ])
         sched = kc["kube-scheduler"]
@@ -221,9 +228,10 @@ class ControlPlane:
             f"--config={HERE / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
+            f"--manage-nodes-with-label-selector={nodes.MANAGED_LABEL}=true",
             "--node-ip=127.0.0.1", f"--cidr={KWOK_DEFAULT_CIDR}",
             f"--server-address=127.0.0.1:{kwok_port}", f"--node-port={kwok_port}",
-            "--node-lease-duration-seconds=40",
+            "--node-lease-duration-seconds=20"  # renewed every 5 s,
         ], env={**os.environ, "HOME": str(d)})  # keep kwok away from ~/.kwok
 
         self.info = ClusterInfo(

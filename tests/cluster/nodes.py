@@ -8,7 +8,10 @@ from typing import Any
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
-LOST_VALUE = "lost"  # annotation value of a node KWOK no longer manages (helpers.lose_node)
+# KWOK manages the nodes that carry both. The label is what helpers.lose_node removes: label
+# selectors are evaluated by the API server, so KWOK sees the node leave (annotations it filters
+# itself, and a node whose annotation changes stays managed).
+MANAGED_LABEL = "kwok.kubetrain.dev/managed"
 GPU = "nvidia.com/gpu"
 GPUS_PER_NODE = 8
 CAPACITY = {"cpu": "64", "memory": "512Gi", GPU: str(GPUS_PER_NODE), "pods": "110", "ephemeral-storage": "1Ti"}
@@ -33,6 +36,7 @@ def manifest(i: int) -> dict[str, Any]:
             "annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE, "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
                 "type": "kwok",
+                MANAGED_LABEL: "true",
                 "kubernetes.io/hostname": name(i),
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",

@@ -67,6 +67,7 @@ CLIENTS: dict[str, str] = {
     "kube-scheduler": "/CN=system:kube-scheduler",
     "kwok": "/O=system:masters/CN=kwok-controller",
     "apiserver-kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
+    "front-proxy-client": "/CN=front-proxy-client",  # the API server's identity towards aggregated APIs
 }
 
 
