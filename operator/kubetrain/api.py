@@ -16,8 +16,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubetrain import API_VERSION, KIND
-
 
 class CelRule(BaseModel):
     """One CEL `x-kubernetes-validations` rule attached to the schema of a model."""
@@ -609,8 +607,8 @@ class TrainingJobStatus(ApiModel):
 
 
 class TrainingJob(ApiModel):
-    api_version: Literal["kubetrain.dev/v1alpha1"] = Field(default=API_VERSION, description="kubetrain.dev/v1alpha1")
-    kind: Literal["TrainingJob"] = Field(default=KIND, description="TrainingJob")
+    api_version: Literal["kubetrain.dev/v1alpha1"] = Field(default="kubetrain.dev/v1alpha1", description="kubetrain.dev/v1alpha1")
+    kind: Literal["TrainingJob"] = Field(default="TrainingJob", description="TrainingJob")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec, description="What to train and how.")
     status: TrainingJobStatus | None = Field(default=None, description="Observed state, written by the operator.")
