@@ -16,6 +16,9 @@ import pytest
 from tests.cluster import binaries
 from tests.cluster.helpers import Cluster, wait_for
 
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "manifests" / "crd.yaml"
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
@@ -56,3 +59,12 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     # pods on a lost node never finish terminating; force them so the namespace can go
     cluster.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false", check=False)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def trainingjob_crd(cluster: Cluster) -> str:
+    """Install manifests/crd.yaml (the generated TrainingJob CRD) and wait until it is served."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubetrain.dev")
+    wait_for(lambda: cluster.kubectl("get", "tj", "-A", check=False).returncode == 0, 30, "tj to be served")
+    return "trainingjobs.kubetrain.dev"
