@@ -77,20 +77,7 @@ def run_configs(payload: dict[str, Any], ctx: distributed.DistContext, workdir: 
     return {"runs": results, "reference_grad_norm": ref}
 
 
-def startup_errors(payload: dict[str, Any], ctx: distributed.DistContext, workdir: Path) -> Any:
-    """Each spec must fail at startup; report the error class, exit code and message."""
-    out = []
-    for spec in payload["specs"]:
-        try:
-            cfg = config.from_spec(spec)
-            Trainer(cfg, ctx, None).close()
-            out.append({"error": None})
-        except TrainerError as e:
-            out.append({"error": type(e).__name__, "exit_code": e.exit_code, "message": str(e)})
-    return out
-
-
-TARGETS = {"run_configs": run_configs, "startup_errors": startup_errors}
+TARGETS = {"run_configs": run_configs}
 
 
 def main() -> None:

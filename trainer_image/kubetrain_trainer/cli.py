@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed  # torch import after argument parsing (fast --help)
 
     trainer = None
-    run_dir: Path | None = None
+    fallback = args.run_dir or os.environ.get("KUBETRAIN_RUN_DIR")
+    run_dir: Path | None = Path(fallback) if fallback else None  # until the spec names the job
     rc = EXIT_OK
     try:
         cfg = config.load(args.spec)

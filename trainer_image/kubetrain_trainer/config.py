@@ -256,7 +256,7 @@ def _model(r: _Reader) -> ModelConfig:
         **sizes,
         tie_embeddings=r.bool_("tieEmbeddings", True),
         dropout=dropout,
-        preset=preset if entrypoint is None else None,
+        preset=(preset or "tiny") if entrypoint is None else None,
         entrypoint=entrypoint,
         entrypoint_args=r.dict_("entrypointArgs"),
     )
@@ -397,6 +397,17 @@ def _split_job(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     return obj, "kubetrain"
 
 
+def _format_validation_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return f"invalid spec: {e}"
+    parts = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"spec.{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+    return "invalid spec: " + "; ".join(parts)
+
+
 def _resolve_with_api(spec: Any) -> Mapping[str, Any]:
     """Validate with ``kubetrain.api`` and merge DeepSpeed keys, when those modules exist."""
     try:
@@ -412,7 +423,7 @@ def _resolve_with_api(spec: Any) -> Mapping[str, Any]:
         try:
             spec = model_cls.model_validate(dict(spec))
         except Exception as e:  # pydantic.ValidationError, kept import-free
-            raise SpecError(f"invalid spec: {e}") from None
+            raise SpecError(_format_validation_error(e)) from None
     try:
         ds = importlib.import_module("kubetrain.deepspeed")
     except ImportError:

@@ -92,6 +92,9 @@ class Trainer:
         except ScheduleError as e:
             raise SpecError(f"spec.lrSchedule.{'type' if e.key == 'type' else 'params.' + e.key}: {e.message}") from None
 
+        # Data before the model: a missing path fails fast, before an expensive model build.
+        corpus = open_corpus(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len, seed=t.seed)
+
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         with torch.device(ctx.device):
             built = build_model(cfg.model)
@@ -106,9 +109,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
         torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
 
-        corpus = open_corpus(
-            cfg.data, vocab_size=built.vocab_size or cfg.model.vocab_size, seq_len=built.seq_len, seed=t.seed
-        )
         self.loader = Loader(corpus, self.batch_plan, ctx.device)
         n_devices = ctx.world_size if ctx.device.type == "cuda" else 0
         self.throughput = Throughput(

@@ -1,0 +1,295 @@
+"""`python -m kubetrain_trainer.launch`: the worker pod's process (and `kubetrain local`'s).
+
+It runs torchrun's elastic agent in-process, owns the signals and turns what happened
+into one of DESIGN.md's exit codes, with `{reason, message, step}` written to the
+termination log:
+
+    0  done                      64  invalid spec (permanent)
+    75 preempted; the state is the last committed checkpoint (never counted as a failure)
+    65 model or data error (permanent)          anything else: retryable failure
+
+Why not plain torchrun: it maps every failure to 1, and when it restarts the worker group
+(a node joined or left) it SIGTERMs the workers and SIGKILLs them 30 s later, whatever
+they are doing; a checkpoint of a large model takes longer than that. Here the agent's
+stop uses `checkpoint.saveTimeoutSeconds` (plus a margin) when the group is healthy
+(a membership change: the workers agree on a stop step and checkpoint), and a short
+timeout when the group already failed (a dead rank: nothing consistent to save).
+
+Configuration is torchrun's environment contract (what the operator sets in pods):
+PET_NNODES (n or min:max), PET_NPROC_PER_NODE, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT,
+PET_RDZV_ID, PET_MAX_RESTARTS, PET_RDZV_CONF (k=v,...), PET_MONITOR_INTERVAL,
+PET_LOCAL_ADDR; plus KUBETRAIN_SPEC_FILE (or --spec) and KUBETRAIN_RUN_DIR.
+
+Worker contract: workers get KUBETRAIN_LAUNCH_DIR, a node-local directory. A worker that
+stopped on SIGTERM after a committed checkpoint writes `preempted-rank<R>.json`
+({"step": N}) there and exits 75; a worker that fails writes `failure-rank<R>.json`
+({reason, message, step}) and exits with its class (64, 65 or other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INVALID_SPEC, EXIT_MODEL_OR_DATA, EXIT_PREEMPTED, EXIT_RETRYABLE = 0, 64, 65, 75, 1
+PERMANENT = (EXIT_INVALID_SPEC, EXIT_MODEL_OR_DATA)
+# A failed group has no consistent state to save: stop what is left quickly.
+FAILED_GROUP_STOP_SECONDS = 5
+# Margin on top of the save limit for the last step and process teardown.
+STOP_MARGIN_SECONDS = 15
+
+log = logging.getLogger("kubetrain.launch")
+
+
+@dataclass
+class Outcome:
+    code: int
+    reason: str
+    message: str
+    step: int | None = None
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _nnodes(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition(":")
+    return int(lo), int(hi or lo)
+
+
+def _rdzv_conf(value: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        key, _, raw = item.partition("=")
+        out[key.strip()] = raw.strip()
+    return out
+
+
+def _nproc(value: str) -> int:
+    if value in ("gpu", "auto"):
+        import torch
+
+        return max(1, torch.cuda.device_count()) if value == "auto" else torch.cuda.device_count()
+    return int(value)
+
+
+def termination_log_path() -> Path | None:
+    explicit = os.environ.get("KUBETRAIN_TERMINATION_LOG")
+    if explicit:
+        return Path(explicit)
+    default = Path("/dev/termination-log")
+    return default if default.exists() else None
+
+
+def write_termination(outcome: Outcome, path: Path | None) -> None:
+    if path is None:
+        return
+    record = {"reason": outcome.reason, "message": outcome.message[-3500:], "step": outcome.step}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record) + "\n")
+    except OSError as exc:  # the message is a courtesy; never fail the exit code over it
+        log.warning("could not write termination log %s: %s", path, exc)
+
+
+# ----------------------------------------------------------------------------------- spec
+
+
+def preflight(spec_path: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+    """Validate the spec before any rendezvous: a bad spec must never half-start a job."""
+    from kubetrain.specfile import SpecFileError, load_one
+    from kubetrain.validate import validate_object
+
+    try:
+        obj = load_one(spec_path)
+    except SpecFileError as exc:
+        return None, Outcome(EXIT_INVALID_SPEC, "InvalidSpec", str(exc))
+    if isinstance(obj, dict) and "spec" not in obj and "kind" not in obj:
+        obj = {"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob",
+               "metadata": {"name": "job"}, "spec": obj}
+    problems = validate_object(obj)
+    if problems:
+        return None, Outcome(EXIT_INVALID_SPEC, "InvalidSpec", "; ".join(str(p) for p in problems))
+    return obj, None
+
+
+# ------------------------------------------------------------------------------ the agent
+
+
+class _AgentState:
+    started_workers = False
+
+
+def _patch_agent(state: _AgentState) -> None:
+    """Give the agent's worker-group stop the save limit instead of torch's fixed 30 s."""
+    from torch.distributed.elastic.agent.server.api import WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    original_start = LocalElasticAgent._start_workers
+
+    def _stop_workers(self: Any, worker_group: Any) -> None:
+        healthy = worker_group.state == WorkerState.HEALTHY  # a membership change, not a failure
+        self._shutdown(timeout=self._shutdown_timeout if healthy else FAILED_GROUP_STOP_SECONDS)
+
+    def _start_workers(self: Any, worker_group: Any) -> Any:
+        state.started_workers = True
+        return original_start(self, worker_group)
+
+    LocalElasticAgent._stop_workers = _stop_workers  # type: ignore[method-assign]
+    LocalElasticAgent._start_workers = _start_workers  # type: ignore[method-assign]
+
+
+def _markers(launch_dir: Path, prefix: str) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(launch_dir.glob(f"{prefix}-rank*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            rec.setdefault("rank", int(path.stem.rsplit("rank", 1)[-1]))
+            out.append(rec)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _preempted(launch_dir: Path) -> Outcome | None:
+    marks = _markers(launch_dir, "preempted")
+    if not marks:
+        return None
+    step = max(int(m.get("step") or 0) for m in marks)
+    return Outcome(EXIT_PREEMPTED, "Preempted", f"stopped after a committed checkpoint at step {step}", step)
+
+
+def classify_failure(exit_codes: dict[int, int], launch_dir: Path) -> Outcome:
+    """The pod's exit code for failed workers: permanent classes win, else retryable."""
+    records = {int(r["rank"]): r for r in _markers(launch_dir, "failure")}
+    for wanted in PERMANENT:
+        ranks = sorted(rank for rank, code in exit_codes.items() if code == wanted)
+        if ranks:
+            rec = records.get(ranks[0], {})
+            reason = rec.get("reason") or ("InvalidSpec" if wanted == EXIT_INVALID_SPEC else "ModelOrDataError")
+            return Outcome(wanted, reason, rec.get("message") or f"rank {ranks[0]} exited {wanted}", rec.get("step"))
+    rank = min(exit_codes) if exit_codes else None
+    rec = records.get(rank, {}) if rank is not None else {}
+    code = exit_codes.get(rank, 1) if rank is not None else 1
+    how = f"killed by signal {-code}" if code < 0 else f"exited {code}"
+    message = rec.get("message") or f"rank {rank} {how}"
+    return Outcome(EXIT_RETRYABLE, rec.get("reason") or "WorkerFailed", message, rec.get("step"))
+
+
+def run_agent(spec_path: str, run_dir: Path, launch_dir: Path, save_timeout: int,
+              rendezvous_timeout: int) -> Outcome:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, launch_agent
+
+    state = _AgentState()
+    _patch_agent(state)
+    min_nodes, max_nodes = _nnodes(os.environ.get("PET_NNODES", "1"))
+    rdzv_conf = {"join_timeout": rendezvous_timeout, **_rdzv_conf(os.environ.get("PET_RDZV_CONF", ""))}
+    backend = os.environ.get("PET_RDZV_BACKEND", "c10d")
+    endpoint = os.environ.get("PET_RDZV_ENDPOINT", "")
+    if not endpoint and backend == "c10d":
+        endpoint = "127.0.0.1:29400"
+    config = LaunchConfig(
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        nproc_per_node=_nproc(os.environ.get("PET_NPROC_PER_NODE", "1")),
+        run_id=os.environ.get("PET_RDZV_ID", "kubetrain"),
+        role="trainer",
+        rdzv_endpoint=endpoint,
+        rdzv_backend=backend,
+        rdzv_configs=rdzv_conf,
+        max_restarts=int(os.environ.get("PET_MAX_RESTARTS", "3")),
+        monitor_interval=float(os.environ.get("PET_MONITOR_INTERVAL", "1")),
+        start_method="spawn",
+        local_addr=os.environ.get("PET_LOCAL_ADDR") or None,
+        shutdown_timeout=save_timeout + STOP_MARGIN_SECONDS,
+    )
+    args = ["-u", "-m", "kubetrain_trainer", "--spec", spec_path, "--run-dir", str(run_dir)]
+    try:
+        launch_agent(config, sys.executable, args)
+    except ChildFailedError as exc:
+        codes = {int(rank): int(f.exitcode) for rank, f in exc.failures.items()}
+        return _preempted(launch_dir) or classify_failure(codes, launch_dir)
+    except SignalException as exc:
+        name = signal.Signals(exc.sigval).name
+        preempted = _preempted(launch_dir)
+        if preempted:
+            return preempted
+        if not state.started_workers:  # stopped during rendezvous: nothing ran, nothing lost
+            return Outcome(EXIT_PREEMPTED, "Preempted", f"{name} before training started")
+        return Outcome(EXIT_RETRYABLE, "PreemptedWithoutCheckpoint",
+                       f"{name}: workers stopped before a checkpoint committed; resuming loses the steps "
+                       "since the last committed checkpoint")
+    except Exception as exc:  # rendezvous timeouts and closed rendezvous land here
+        return Outcome(EXIT_RETRYABLE, type(exc).__name__, str(exc) or repr(exc))
+    return _preempted(launch_dir) or Outcome(EXIT_OK, "Succeeded", "training finished")
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _signal_to_exception(signum: int, _frame: Any) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    raise SignalException(f"received {signal.Signals(signum).name}", sigval=signal.Signals(signum))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetrain_trainer.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=os.environ.get("KUBETRAIN_SPEC_FILE"),
+                        help="TrainingJob YAML/JSON (default: $KUBETRAIN_SPEC_FILE)")
+    parser.add_argument("--run-dir", default=os.environ.get("KUBETRAIN_RUN_DIR"),
+                        help="metrics, checkpoints (default: $KUBETRAIN_RUN_DIR or ./runs/<name>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[launch] %(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    started = time.monotonic()
+    termination_log = termination_log_path()  # read before _main points workers elsewhere
+    outcome = _main(args)
+    write_termination(outcome, termination_log)
+    log.info("exit %d (%s) after %.1fs: %s", outcome.code, outcome.reason, time.monotonic() - started,
+             outcome.message)
+    return outcome.code
+
+
+def _main(args: argparse.Namespace) -> Outcome:
+    if not args.spec:
+        return Outcome(EXIT_INVALID_SPEC, "InvalidSpec", "no spec: pass --spec FILE or set KUBETRAIN_SPEC_FILE")
+    obj, problem = preflight(args.spec)
+    if problem:
+        return problem
+    assert obj is not None
+    from kubetrain.api import TrainingJob
+
+    job = TrainingJob.model_validate(obj)
+    name = str(job.metadata.get("name") or "job")
+    run_dir = Path(args.run_dir or Path("runs") / name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch_dir = Path(tempfile.mkdtemp(prefix="kubetrain-launch-"))
+    os.environ["KUBETRAIN_LAUNCH_DIR"] = str(launch_dir)
+    os.environ["KUBETRAIN_RUN_DIR"] = str(run_dir)
+    # Workers report to the launch dir; the launcher alone writes the pod's termination log.
+    os.environ["KUBETRAIN_TERMINATION_LOG"] = os.devnull
+    # From here SIGTERM/SIGINT become the agent's SignalException, also during rendezvous.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _signal_to_exception)
+    try:
+        return run_agent(str(Path(args.spec).resolve()), run_dir, launch_dir,
+                         job.spec.checkpoint.save_timeout_seconds, job.spec.elastic.rendezvous_timeout_seconds)
+    finally:
+        shutil.rmtree(launch_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
