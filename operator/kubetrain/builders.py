@@ -1,0 +1,287 @@
+"""Spec → manifests of a TrainingJob's children: a headless Service, a ConfigMap holding the
+spec, and worker Pods. Pure functions of their arguments (no I/O, no clock), table-tested.
+
+The pod is the trainer launcher (`python -m kubetrain_trainer.launch`) under torchrun's
+environment (PET_*), with restartPolicy Never: the operator, not the kubelet, decides restarts,
+because only it sees the whole gang and the exit-code contract of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubetrain import API_VERSION, KIND, api
+from kubetrain import names as n
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetrain/trainer:0.1.0"
+CONTAINER = "trainer"
+SPEC_DIR = "/etc/kubetrain"
+SPEC_KEY = "trainingjob.json"
+SPEC_FILE = f"{SPEC_DIR}/{SPEC_KEY}"
+SHM_PATH = "/dev/shm"
+# The trainer image's user (trainer_image/Dockerfile): numeric, so runAsNonRoot can be checked.
+TRAINER_UID = 1000
+# SIGTERM → the trainer's preemption checkpoint (saveTimeoutSeconds) → exit; this is the slack
+# for process start-up of the checkpoint and torchrun's own shutdown on top of it.
+GRACE_SLACK_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the builders need of a job's metadata."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        # No blockOwnerDeletion: it needs update on trainingjobs/finalizers where the
+        # OwnerReferencesPermissionEnforcement admission plugin runs, and background deletion
+        # removes the children all the same.
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid, "controller": True}
+
+    def labels(self) -> dict[str, str]:
+        return {
+            n.LABEL_JOB: n.job_label(self.name),
+            "app.kubernetes.io/name": "kubetrain",
+            "app.kubernetes.io/instance": n.job_label(self.name),
+            "app.kubernetes.io/managed-by": "kubetrain-operator",
+        }
+
+
+def nnodes(spec: api.TrainingJobSpec) -> str:
+    """torchrun's --nnodes: the elastic range min:max."""
+    return f"{spec.workers.min}:{spec.workers.max}"
+
+
+def rendezvous_endpoint(job: JobRef) -> str:
+    """Worker 0's stable DNS name under the headless Service (resolves to its current incarnation)."""
+    return f"{n.hostname(job.name, 0)}.{n.service_name(job.name)}:{n.RENDEZVOUS_PORT}"
+
+
+# --------------------------------------------------------------------------------- Service
+
+
+def build_service(job: JobRef) -> dict[str, Any]:
+    """Headless Service giving every worker a DNS name `<hostname>.<service>`. Not-ready
+    addresses are published: the rendezvous happens before any worker could be Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": n.service_name(job.name),
+            "namespace": job.namespace,
+            "labels": job.labels(),
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {n.LABEL_JOB: n.job_label(job.name), n.LABEL_ROLE: "worker"},
+            "ports": [{"name": "rendezvous", "port": n.RENDEZVOUS_PORT, "targetPort": n.RENDEZVOUS_PORT}],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------- ConfigMap
+
+
+def spec_document(job: JobRef, raw_spec: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingJob as the trainer reads it: the spec exactly as the user wrote it (no
+    defaults filled in, so the trainer's DeepSpeed mapping sees what was explicit)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": job.name, "namespace": job.namespace, "uid": job.uid},
+        "spec": raw_spec,
+    }
+
+
+def spec_hash(document: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_config_map(job: JobRef, raw_spec: dict[str, Any]) -> dict[str, Any]:
+    document = spec_document(job, raw_spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": n.config_map_name(job.name),
+            "namespace": job.namespace,
+            "labels": job.labels(),
+            "annotations": {n.ANNOTATION_SPEC_HASH: spec_hash(document)},
+            "ownerReferences": [job.owner_reference()],
+        },
+        "data": {SPEC_KEY: json.dumps(document, indent=2, sort_keys=True)},
+    }
+
+
+# ------------------------------------------------------------------------------------- Pod
+
+
+def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) -> list[dict[str, Any]]:
+    w = spec.workers
+    ours: list[dict[str, Any]] = [
+        {"name": "PET_NNODES", "value": nnodes(spec)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(w.procs)},
+        {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+        {"name": "PET_RDZV_ENDPOINT", "value": rendezvous_endpoint(job)},
+        # The uid, not the name: a re-created job of the same name never joins a stale rendezvous.
+        {"name": "PET_RDZV_ID", "value": job.uid},
+        {"name": "PET_MAX_RESTARTS", "value": str(spec.elastic.max_restarts)},
+        {"name": "PET_RDZV_CONF", "value": f"join_timeout={spec.elastic.rendezvous_timeout_seconds}"},
+        {"name": "KUBETRAIN_SPEC_FILE", "value": SPEC_FILE},
+        {"name": "KUBETRAIN_METRICS_PORT", "value": str(n.METRICS_PORT)},
+        {"name": "KUBETRAIN_RUN_DIR", "value": spec.checkpoint.storage.mount_path if spec.checkpoint.storage
+         else api.StorageSpec().mount_path},
+        {"name": "KUBETRAIN_JOB_NAME", "value": job.name},
+        {"name": "KUBETRAIN_WORKER_INDEX", "value": str(index)},
+        {"name": "KUBETRAIN_RESTART_GENERATION", "value": str(generation)},
+        {"name": "KUBETRAIN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "KUBETRAIN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    # Ours win over a user variable of the same name: the rendezvous must agree across the gang.
+    taken = {e["name"] for e in ours}
+    theirs = [e for e in (w.env or []) if e.get("name") not in taken]
+    return theirs + ours
+
+
+def _resources(spec: api.TrainingJobSpec) -> dict[str, Any]:
+    r = spec.workers.resources
+    limits: dict[str, Any] = dict(r.limits or {}) if r else {}
+    requests: dict[str, Any] = dict(r.requests or {}) if r else {}
+    if spec.workers.gpus_per_worker:
+        # Extended resources are limits-only (requests default to them and may not differ).
+        limits["nvidia.com/gpu"] = spec.workers.gpus_per_worker
+        requests.pop("nvidia.com/gpu", None)
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _volumes(job: JobRef, spec: api.TrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    storage = spec.checkpoint.storage or api.StorageSpec()
+    checkpoint: dict[str, Any]
+    mount: dict[str, Any] = {"name": "checkpoints", "mountPath": storage.mount_path}
+    if storage.claim_name:
+        checkpoint = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": storage.claim_name}}
+        # One claim serves many jobs: each writes under its own directory.
+        mount["subPath"] = storage.sub_path if storage.sub_path is not None else job.name
+    else:
+        checkpoint = {"name": "checkpoints", "emptyDir": {}}
+    volumes = [
+        {"name": "spec", "configMap": {"name": n.config_map_name(job.name)}},
+        checkpoint,
+        # NCCL's shared-memory transport needs far more than the runtime's 64 MB /dev/shm.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        *(spec.workers.volumes or []),
+    ]
+    mounts = [
+        {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+        mount,
+        {"name": "dshm", "mountPath": SHM_PATH},
+        *(spec.workers.volume_mounts or []),
+    ]
+    return volumes, mounts
+
+
+def build_pod(
+    job: JobRef,
+    spec: api.TrainingJobSpec,
+    index: int,
+    generation: int,
+    incarnation: int,
+    default_image: str = DEFAULT_TRAINER_IMAGE,
+) -> dict[str, Any]:
+    """Worker `index` of restart generation `generation`, its `incarnation`-th pod."""
+    w = spec.workers
+    labels = {
+        **(w.labels or {}),
+        **job.labels(),
+        n.LABEL_ROLE: "worker",
+        n.LABEL_INDEX: str(index),
+        n.LABEL_GENERATION: str(generation),
+        n.LABEL_INCARNATION: str(incarnation),
+    }
+    annotations = {**(w.annotations or {}), n.ANNOTATION_NNODES: nnodes(spec)}
+    volumes, mounts = _volumes(job, spec)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": w.image or default_image,
+        "command": ["python", "-m", "kubetrain_trainer.launch"],
+        "env": _env(job, spec, index, generation),
+        "ports": [
+            {"name": "metrics", "containerPort": n.METRICS_PORT, "protocol": "TCP"},
+            {"name": "rendezvous", "containerPort": n.RENDEZVOUS_PORT, "protocol": "TCP"},
+        ],
+        "volumeMounts": mounts,
+        # The launcher writes {reason, message, step} here; a crash before it could is still
+        # explained by the log tail.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if w.env_from:
+        container["envFrom"] = list(w.env_from)
+    if w.image_pull_policy:
+        container["imagePullPolicy"] = w.image_pull_policy
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostname": n.hostname(job.name, index),
+        "subdomain": n.service_name(job.name),
+        "terminationGracePeriodSeconds": spec.checkpoint.save_timeout_seconds + GRACE_SLACK_SECONDS,
+        # Thousands of service variables in a busy namespace slow process start and help no one.
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if w.service_account_name:
+        pod_spec["serviceAccountName"] = w.service_account_name
+    else:
+        # The trainer never talks to the API server: no token unless the user asks for an account.
+        pod_spec["automountServiceAccountToken"] = False
+    for key, value in (
+        ("imagePullSecrets", w.image_pull_secrets),
+        ("nodeSelector", w.node_selector),
+        ("tolerations", w.tolerations),
+        ("affinity", w.affinity),
+        ("priorityClassName", w.priority_class_name),
+    ):
+        if value:
+            pod_spec[key] = value
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": n.pod_name(job.name, index, generation, incarnation),
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,263 @@
+"""The kopf side: thin handlers that turn watch events into work-queue keys, and the workers
+that run one reconcile pass per key: read, decide (`reconcile`), write status, act, tell.
+
+Why a work queue rather than per-object kopf handlers: a job's pass depends on its pods,
+which are other objects with their own kopf workers; funnelling job and pod events into one
+key per job serialises the passes of a job (never two at once, none lost) while different
+jobs proceed in parallel. Each pass reads the job and lists its pods afresh (consistent
+reads), so a replayed or missed event, or a restart of the operator, changes nothing.
+
+kopf keeps no per-object state here (only event handlers are registered); its storages are
+still pointed at annotations so nothing ever lands in the pruned `status.kopf`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from kubetrain import GROUP, PLURAL, VERSION
+from kubetrain import names as n
+from kubetrain.kubeio import ApiError, Kube, load_client, merge_patch
+from kubetrain.observed import Observed, pod_view
+from kubetrain.operator_metrics import OperatorMetrics
+from kubetrain.reconcile import (
+    Create,
+    Decision,
+    DeleteJob,
+    DeletePod,
+    Event,
+    Job,
+    Settings,
+    UpdateConfigMap,
+    reconcile,
+    spec_problems,
+    workers_created_event,
+)
+from kubetrain.workqueue import QueueClosed, RetryDelays, WorkQueue
+
+log = logging.getLogger("kubetrain.operator")
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share; configured by `kubetrain operator` before kopf starts."""
+
+    settings: Settings = field(default_factory=Settings)
+    concurrency: int = 4
+    kubeconfig: str | None = None
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    kube: Kube | None = None
+    queue: WorkQueue[Key] | None = None
+    retries: RetryDelays[Key] = field(default_factory=RetryDelays)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+    last_pass: float = field(default_factory=time.monotonic)
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+
+
+RUNTIME = Runtime()
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@functools.lru_cache(maxsize=4096)
+def _problems(uid: str, generation: int, document: str) -> tuple[str, ...]:
+    return spec_problems(json.loads(document))
+
+
+def problems_of(obj: dict[str, Any]) -> tuple[str, ...]:
+    """Validation is costly (CEL) and a spec changes only with its generation: cached per
+    (uid, generation, spec). Status and metadata other than the name are not the user's input."""
+    meta = obj.get("metadata") or {}
+    document = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                "metadata": {"name": meta.get("name")}, "spec": obj.get("spec") or {}}
+    return _problems(meta.get("uid", ""), int(meta.get("generation") or 0), json.dumps(document, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------- kopf
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # The CRD is installed with the operator: no need to watch CRDs or namespaces (and no RBAC).
+    settings.scanning.disabled = True
+    settings.posting.reporting_component = "kubetrain-operator"
+    settings.posting.event_name_prefix = "kubetrain-"
+    # Our Events are explicit (kopf.event); only kopf's own warnings go to Events besides.
+    settings.posting.level = logging.WARNING
+    # Watches reconnect now and then even when the server keeps them open (lost-event insurance).
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+    rt = RUNTIME
+    rt.kube = Kube(load_client(rt.kubeconfig))
+    rt.queue = WorkQueue()
+    rt.workers = [asyncio.create_task(_worker(rt), name=f"reconcile-worker-{i}") for i in range(rt.concurrency)]
+    log.info("reconcile workers started", extra={"workers": rt.concurrency})
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    """Graceful shutdown: no new passes; passes in flight finish (they are short)."""
+    rt = RUNTIME
+    if rt.queue is not None:
+        rt.queue.close()
+    if rt.workers:
+        _done, still = await asyncio.wait(rt.workers, timeout=20)
+        for task in still:
+            task.cancel()
+    log.info("reconcile workers stopped")
+
+
+@kopf.on.probe(id="reconciler")
+def probe(**_: Any) -> dict[str, Any]:
+    """Liveness: the workers are alive. (Idle is fine: a quiet cluster has no passes.)"""
+    rt = RUNTIME
+    dead = [t.get_name() for t in rt.workers if t.done()]
+    if dead and rt.queue is not None and not rt.queue._closed:
+        raise RuntimeError(f"reconcile workers died: {dead}")
+    return {"queued": len(rt.queue or ()), "secondsSinceLastPass": round(time.monotonic() - rt.last_pass, 1)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+    rt = RUNTIME
+    if rt.queue is None or namespace is None:
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        rt.queue.forget(key)
+        rt.retries.reset(key)
+        rt.metrics.job_phase(key, None)
+        return
+    rt.queue.add(key)
+
+
+@kopf.on.event("", "v1", "pods", labels={n.LABEL_JOB: kopf.PRESENT})
+def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    rt = RUNTIME
+    if rt.queue is None or namespace is None:
+        return
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            rt.queue.add((namespace, ref["name"]))
+
+
+# ------------------------------------------------------------------------------------ passes
+
+
+async def _worker(rt: Runtime) -> None:
+    assert rt.queue is not None
+    while True:
+        try:
+            key = await rt.queue.get()
+        except QueueClosed:
+            return
+        try:
+            requeue = await reconcile_key(rt, key)
+        except ApiError as e:
+            requeue = 0.0 if e.status == 409 else rt.retries.next(key)
+            if e.status != 409:
+                rt.metrics.reconcile_errors.inc()
+                log.warning("reconcile of %s/%s failed: %s; retrying in %.1fs", *key, e, requeue)
+        except Exception:
+            requeue = rt.retries.next(key)
+            rt.metrics.reconcile_errors.inc()
+            log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, requeue)
+        else:
+            rt.retries.reset(key)
+        finally:
+            rt.queue.done(key)
+            rt.metrics.queue_depth.set(len(rt.queue))
+        if requeue is not None:
+            rt.queue.add_after(key, requeue)
+
+
+async def reconcile_key(rt: Runtime, key: Key) -> float | None:
+    """One pass for one job. Returns seconds until the next pass is due (None: job gone)."""
+    assert rt.kube is not None
+    kube, (namespace, name) = rt.kube, key
+    started = time.perf_counter()
+    obj = await asyncio.to_thread(kube.get_job, namespace, name)
+    if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+        rt.metrics.job_phase(key, None)
+        return None  # deletion: owner references take the children with it
+
+    job = Job.from_object(obj, problems_of(obj))
+    pods, service, config_map = await asyncio.gather(
+        asyncio.to_thread(kube.list_pods, namespace, name, job.uid),
+        asyncio.to_thread(kube.get, "Service", namespace, n.service_name(name)),
+        asyncio.to_thread(kube.get, "ConfigMap", namespace, n.config_map_name(name)),
+    )
+    cm_hash = None
+    if config_map is not None:
+        cm_hash = ((config_map.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_SPEC_HASH, "")
+    observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None, config_map_hash=cm_hash)
+    decision = reconcile(job, observed, rt.clock(), rt.settings)
+
+    # Record first, act second: a crash in between replays the same decision, never a different one.
+    old_status = obj.get("status") or {}
+    new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if new_status != old_status:
+        patch = merge_patch(old_status, new_status)
+        await asyncio.to_thread(kube.patch_job_status, namespace, name, obj["metadata"]["resourceVersion"], patch)
+        before = (old_status.get("restarts") or {})
+        rt.metrics.count_restarts(before, new_status.get("restarts") or {})
+
+    events = list(decision.events) + await _act(rt, job, decision)
+    body = kopf.Body(cast(kopf.RawBody, obj))
+    for ev in events:
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+        log.info("%s/%s %s: %s", namespace, name, ev.reason, ev.message,
+                 extra={"job": f"{namespace}/{name}", "reason": ev.reason})
+
+    rt.metrics.job_phase(key, decision.status.phase)
+    rt.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+    rt.last_pass = time.monotonic()
+    due = decision.requeue_after
+    return rt.settings.resync_seconds if due is None else min(due, rt.settings.resync_seconds)
+
+
+async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
+    """Execute the actions (creates in parallel); return the Events of those that took effect."""
+    assert rt.kube is not None
+    kube = rt.kube
+    events: list[Event] = []
+    # Service and ConfigMap before pods: a pod must find its spec volume when it starts.
+    for child in decision.actions:
+        if isinstance(child, Create) and child.kind != "Pod":
+            await asyncio.to_thread(kube.create, child.manifest)
+        elif isinstance(child, UpdateConfigMap):
+            await asyncio.to_thread(kube.patch, child.manifest)
+
+    deletes = [a for a in decision.actions if isinstance(a, DeletePod)]
+    gone = await asyncio.gather(*(asyncio.to_thread(kube.delete_pod, job.namespace, a.name) for a in deletes))
+    for a, took in zip(deletes, gone, strict=True):
+        if took:
+            rt.metrics.pods_deleted.inc()
+            if a.event is not None:
+                events.append(a.event)
+
+    pods = decision.pods_to_create
+    made = await asyncio.gather(*(asyncio.to_thread(kube.create, a.manifest) for a in pods))
+    created = [a.name for a, ok in zip(pods, made, strict=True) if ok]
+    if created:
+        rt.metrics.pods_created.inc(len(created))
+        events.append(workers_created_event(created))
+
+    if any(isinstance(a, DeleteJob) for a in decision.actions):
+        await asyncio.to_thread(kube.delete_job, job.namespace, job.name, job.uid)
+    return events

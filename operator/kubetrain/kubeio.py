@@ -1,0 +1,160 @@
+"""The operator's Kubernetes API calls: plain JSON over the `kubernetes` client's transport.
+
+Raw JSON (not the client's generated models) because the reconciler works on dicts and a
+round trip through the models would cost more than the call. Blocking: the handlers run
+these in threads. Every verb used here is listed in manifests/rbac.yaml, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from kubetrain import GROUP, PLURAL, VERSION
+from kubetrain import names as n
+from kubetrain.observed import owned_by
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+TIMEOUT = 30
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        self.body = body
+        try:
+            self.message = str(json.loads(body).get("message", body))
+        except ValueError:
+            self.message = body
+        super().__init__(f"{status}: {self.message}")
+
+
+def load_client(kubeconfig: str | None = None) -> Any:
+    """An ApiClient: in-cluster credentials when running in a pod, else the kubeconfig."""
+    from kubernetes import client, config
+
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+class Kube:
+    def __init__(self, api_client: Any) -> None:
+        self.api = api_client
+
+    def call(
+        self, method: str, path: str, body: Any = None, content_type: str = JSON,
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        _, url, headers, data, _ = self.api.param_serialize(
+            method, path, query_params=list((query or {}).items()) or None,
+            header_params={"Content-Type": content_type, "Accept": JSON}, body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=TIMEOUT)
+        raw = resp.read()
+        text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        if not 200 <= resp.status < 300:
+            raise ApiError(resp.status, text)
+        return json.loads(text) if text else None
+
+    # ---------------------------------------------------------------- TrainingJobs
+
+    @staticmethod
+    def _job_path(namespace: str, name: str = "") -> str:
+        base = f"/apis/{GROUP}/{VERSION}/namespaces/{_q(namespace)}/{PLURAL}"
+        return f"{base}/{_q(name)}" if name else base
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.call("GET", self._job_path(namespace, name)))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def patch_job_status(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource; 409 when the job changed since it was read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        self.call("PATCH", self._job_path(namespace, name) + "/status", body, MERGE_PATCH)
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the job (background: children go through owner references). The uid
+        precondition keeps a re-created namesake safe."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid},
+                "propagationPolicy": "Background"}
+        return self._delete(self._job_path(namespace, name), body)
+
+    # ---------------------------------------------------------------- children
+
+    def list_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
+        out = self.call("GET", f"/api/v1/namespaces/{_q(namespace)}/pods",
+                        query={"labelSelector": n.selector(job)})
+        return [p for p in out.get("items") or [] if owned_by(p, uid)]
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.call("GET", self._path(kind, namespace, name)))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """True when created, False when it already existed (names are deterministic)."""
+        meta = manifest["metadata"]
+        try:
+            self.call("POST", self._path(manifest["kind"], meta["namespace"]), manifest)
+        except ApiError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def patch(self, manifest: dict[str, Any]) -> None:
+        meta = manifest["metadata"]
+        self.call("PATCH", self._path(manifest["kind"], meta["namespace"], meta["name"]), manifest, MERGE_PATCH)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        """Graceful delete (the pod's own terminationGracePeriodSeconds); False if already gone."""
+        return self._delete(self._path("Pod", namespace, name), None)
+
+    def _delete(self, path: str, body: Any) -> bool:
+        try:
+            self.call("DELETE", path, body)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _path(kind: str, namespace: str, name: str = "") -> str:
+        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}[kind]
+        base = f"/api/v1/namespaces/{_q(namespace)}/{plural}"
+        return f"{base}/{_q(name)}" if name else base
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch turning `old` into `new` (None where a key goes away)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) else value
+    return patch
