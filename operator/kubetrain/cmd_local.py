@@ -1,0 +1,80 @@
+"""`kubetrain local FILE`: the same TrainingJob trained on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from kubetrain.specfile import SpecFileError, load_one
+from kubetrain.validate import validate_object
+
+EXIT_INVALID_SPEC = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="TrainingJob YAML/JSON")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="simulated worker pods (default 1; rendezvous on loopback)")
+    parser.add_argument("--procs-per-worker", type=int, default=None,
+                        help="training processes per worker (default: spec.workers.procsPerWorker, "
+                        "or the GPUs it asks for)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="metrics log, checkpoints and logs (default: ./runs/NAME); "
+                        "running again with the same directory resumes")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        obj = load_one(args.file)
+    except SpecFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    problems = validate_object(obj)
+    if problems:
+        for p in problems:
+            print(f"{args.file}: {p}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    if args.workers < 1 or (args.procs_per_worker is not None and args.procs_per_worker < 1):
+        print("error: --workers and --procs-per-worker must be >= 1", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("torch") is None:
+        print("error: kubetrain local trains with PyTorch: pip install 'kubetrain[trainer]'", file=sys.stderr)
+        return 2
+
+    from kubetrain.api import TrainingJob
+    from kubetrain.localrun import LocalOptions, LocalRun, summary_lines
+
+    job = TrainingJob.model_validate(obj)
+    name = str(job.metadata.get("name") or Path(args.file).stem)
+    opts = LocalOptions(
+        spec_path=Path(args.file),
+        workers=args.workers,
+        procs_per_worker=args.procs_per_worker or job.spec.workers.procs,
+        run_dir=args.run_dir or Path("runs") / name,
+    )
+    opts.quiet = args.quiet
+    resuming = (opts.run_dir / "checkpoints").exists()
+    print(f"kubetrain local: {name}: {opts.workers} worker(s) x {opts.procs_per_worker} process(es), "
+          f"{job.spec.training.max_steps} steps, run directory {opts.run_dir}"
+          + (" (resuming)" if resuming else ""), file=sys.stderr)
+    started = time.monotonic()
+    local = LocalRun(job, opts)
+    local.start()
+    code = local.wait()
+    wall = time.monotonic() - started
+    if code == 0:
+        print("done.", file=sys.stderr)
+    elif code == 130:
+        print("stopped after a checkpoint; run the same command to resume.", file=sys.stderr)
+    else:
+        for message in local.termination_messages():
+            print(message, file=sys.stderr)
+        print(f"failed (exit {code}); last lines of {opts.run_dir / 'logs' / 'worker-0.log'}:", file=sys.stderr)
+        print(local.log_tail(), file=sys.stderr)
+    for line in summary_lines(opts.run_dir, wall, local.progress):
+        print(line)
+    return code
