@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("kubetrain.cmd_crd", "print the TrainingJob CustomResourceDefinition"),
     "validate": ("kubetrain.cmd_validate", "validate TrainingJob files offline (models + CEL rules)"),
+    "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),
     "operator": ("kubetrain.cmd_operator", "run the TrainingJob operator (kopf) in the foreground"),
 }
 

@@ -205,3 +205,6 @@ class SpecError(ValueError):
 
 # Non-fatal remarks shown by `kubetrain validate` (e.g. unsupported DeepSpeed keys).
 NOTE_PROVIDERS: list[Callable[[dict[str, Any]], list[str]]] = []
+
+# Checks that register themselves into SEMANTIC_CHECKS / NOTE_PROVIDERS (imported last: they import this module).
+import kubetrain.deepspeed  # noqa: E402, F401
