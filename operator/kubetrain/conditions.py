@@ -56,7 +56,8 @@ def set_condition(
     """A new list with condition `type_` set; lastTransitionTime kept unless status changed."""
     value: Literal["True", "False"] = "True" if status else "False"
     old = get(conditions, type_)
-    since = old.last_transition_time if old is not None and old.status == value else rfc3339(now)
+    kept = old is not None and old.status == value and old.last_transition_time
+    since = old.last_transition_time if kept and old is not None else rfc3339(now)
     new = Condition(
         type=type_, status=value, reason=reason, message=message[:1024],
         last_transition_time=since, observed_generation=generation,

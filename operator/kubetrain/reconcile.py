@@ -53,6 +53,7 @@ R_SCALED = "Scaled"
 R_WORKER_LOST = "WorkerLost"
 R_RUNNING = "Running"
 R_PENDING = "Pending"
+R_RESTARTING = "Restarting"
 R_SUSPENDED = "Suspended"
 R_RESUMED = "Resumed"
 R_SCHEDULED = "Scheduled"
@@ -234,6 +235,8 @@ class _Pass:
         self.st.restarts = self.restarts
         self.st.observed_generation = self.job.generation
         self.st.selector = n.selector(self.job.name)
+        if self.st.restart_generation is not None or self.gen:
+            self.st.restart_generation = self.gen
         future = [t for t in self.wake if t > self.now]
         due = [t for t in self.wake if t <= self.now]
         requeue = 0.0 if due else (min(future) - self.now).total_seconds() if future else None
@@ -524,10 +527,14 @@ class _Pass:
         in_backoff = self.st.backoff_until is not None
         if self.st.phase in ("Running", "Restarting") and not in_backoff:
             return self.below_min(spec, len(running))
-        if self.st.phase not in ("Restarting",):
-            self.st.phase = "Pending"
-            self.cond(c.RUNNING, False, R_PENDING, f"{len(running)} of {desired} workers running, "
-                      f"training starts with {w.min}")
+        if self.st.phase == "Restarting":
+            # Backing off after a restart: keep the restart's reason on the Running condition.
+            if c.is_true(self.conds, c.RUNNING):
+                self.cond(c.RUNNING, False, R_RESTARTING, "the workers are being restarted")
+            return self.decision()
+        self.st.phase = "Pending"
+        self.cond(c.RUNNING, False, R_PENDING, f"{len(running)} of {desired} workers running, "
+                  f"training starts with {w.min}")
         return self.decision()
 
     def below_min(self, spec: api.TrainingJobSpec, running: int) -> Decision:

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-
 from kubetrain import api
 from kubetrain import names as n
 from kubetrain.builders import (

@@ -1,0 +1,544 @@
+"""reconcile(job, observed, now) → actions + status + Events: a table of single passes with a
+fake clock, then multi-pass scenarios against a simulated cluster (including a crash between
+the status write and the actions, and replays)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from kubetrain import names as n
+from kubetrain.builders import build_config_map
+from kubetrain.observed import Observed, PodView, pod_view
+from kubetrain.reconcile import (
+    Create,
+    Decision,
+    DeleteJob,
+    DeletePod,
+    Job,
+    Settings,
+    UpdateConfigMap,
+    backoff_seconds,
+    reconcile,
+)
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+SETTINGS = Settings(trainer_image="trainer:test", backoff_base_seconds=10, backoff_max_seconds=60)
+
+
+def ts(seconds: float = 0) -> str:
+    return (T0 + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_job(spec: dict[str, Any], status: dict[str, Any] | None = None, problems: tuple[str, ...] = (),
+             generation: int = 1) -> Job:
+    obj = {"metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1", "generation": generation},
+           "spec": spec, "status": status or {}}
+    return Job.from_object(obj, problems)
+
+
+def cm_hash(spec: dict[str, Any]) -> str:
+    job = make_job(spec)
+    return str(build_config_map(job.ref, spec)["metadata"]["annotations"][n.ANNOTATION_SPEC_HASH])
+
+
+def pod(index: int, gen: int = 0, inc: int = 0, phase: str = "Running", **kw: Any) -> PodView:
+    defaults: dict[str, Any] = {"ready": phase == "Running", "node": "node-a" if phase != "Pending" else None}
+    if "nnodes" not in kw:
+        kw["nnodes"] = "2:2"
+    return PodView(name=n.pod_name("demo", index, gen, inc), index=index, generation=gen, incarnation=inc,
+                   phase=phase, **{**defaults, **kw})
+
+
+def failed(index: int, code: int | None, gen: int = 0, inc: int = 0, **kw: Any) -> PodView:
+    return pod(index, gen, inc, phase="Failed", exit_code=code, ready=False, **kw)
+
+
+def name(index: int, gen: int = 0, inc: int = 0) -> str:
+    return n.pod_name("demo", index, gen, inc)
+
+
+TWO = {"workers": {"replicas": 2}, "runPolicy": {"backoffLimit": 3}}
+ELASTIC = {"workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4}}
+RUNNING = {"phase": "Running", "startTime": ts(-100), "restartGeneration": 0,
+           "workers": {"desired": 2, "active": 2, "ready": 2, "failed": 0},
+           "conditions": [{"type": "Running", "status": "True", "reason": "Running", "message": "",
+                           "lastTransitionTime": ts(-90)}]}
+
+
+def running_status(**over: Any) -> dict[str, Any]:
+    s = copy.deepcopy(RUNNING)
+    s.update(over)
+    return s
+
+
+@dataclass
+class Case:
+    id: str
+    spec: dict[str, Any]
+    pods: list[PodView] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    at: float = 0.0
+    children: bool = True  # Service and ConfigMap exist
+    problems: tuple[str, ...] = ()
+    # expectations (None: not checked)
+    phase: str | None = None
+    create: list[str] | None = None
+    delete: list[str] | None = None
+    events: list[str] | None = None
+    conditions: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (status, reason)
+    restarts: dict[str, int] = field(default_factory=dict)
+    requeue: float | str | None = "any"
+    status_has: dict[str, Any] = field(default_factory=dict)
+    delete_job: bool = False
+
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ creation
+    Case("create: children and every worker, deterministic names", TWO, children=False, phase="Pending",
+         create=[name(0), name(1)], delete=[], events=[], conditions={"Running": ("False", "Pending")},
+         status_has={"selector": "kubetrain.dev/job-name=demo", "startTime": ts(0)}),
+    Case("create is idempotent: existing pending pods are not created again", TWO,
+         pods=[pod(0, phase="Pending"), pod(1, phase="Pending")], status={"phase": "Pending"},
+         phase="Pending", create=[], delete=[], events=[], conditions={"Scheduled": ("False", "Pending")}),
+    Case("all workers running: Running, Event, world size", {"workers": {"replicas": 2, "gpusPerWorker": 4}},
+         pods=[pod(0), pod(1)], status={"phase": "Pending"}, phase="Running", create=[], events=["Running"],
+         conditions={"Running": ("True", "Running"), "Scheduled": ("True", "Scheduled")},
+         status_has={"worldSize": 8, "workers": {"desired": 2, "active": 2, "ready": 2, "failed": 0}}),
+    Case("steady state replays to nothing", TWO, pods=[pod(0), pod(1)], status=running_status(),
+         phase="Running", create=[], delete=[], events=[], requeue=None),
+    Case("unschedulable worker: Scheduled=False Unschedulable with the scheduler's message", TWO,
+         pods=[pod(0), pod(1, phase="Pending", unschedulable="0/4 nodes: Insufficient nvidia.com/gpu")],
+         status={"phase": "Pending"}, phase="Pending", events=["Unschedulable"],
+         conditions={"Scheduled": ("False", "Unschedulable")}),
+    Case("missing Service and ConfigMap are recreated", TWO, pods=[pod(0), pod(1)], status=running_status(),
+         children=False, create=[], events=[]),
+    # ----------------------------------------------------------------- elastic
+    Case("scale up within [min,max]: only the new index is created", {**ELASTIC, "workers": {
+         **ELASTIC["workers"], "replicas": 3}}, pods=[pod(0, nnodes="1:4"), pod(1, nnodes="1:4")],
+         status=running_status(), phase="Running", create=[name(2)], delete=[], events=["Scaled"],
+         restarts={"rescale": 1, "total": 1}, status_has={"workers": {"desired": 3, "active": 2, "ready": 2,
+                                                                     "failed": 0}}),
+    Case("scale down: the highest index goes, survivors stay", ELASTIC,
+         pods=[pod(0, nnodes="1:4"), pod(1, nnodes="1:4"), pod(2, nnodes="1:4")],
+         status=running_status(workers={"desired": 3, "active": 3, "ready": 3, "failed": 0}),
+         phase="Running", create=[], delete=[name(2)], events=["Scaled"], restarts={"rescale": 1}),
+    Case("scale of a fixed-size gang changes --nnodes: whole-gang restart (rescale)",
+         {"workers": {"replicas": 3}}, pods=[pod(0), pod(1)], status=running_status(), phase="Restarting",
+         create=[], delete=[name(0), name(1)], events=["Rescaled"], restarts={"rescale": 1, "failure": 0},
+         status_has={"restartGeneration": 1}, requeue=0.0),
+    # --------------------------------------------------------------- lost pods
+    Case("pod stuck Terminating is replaced at once under a new name", TWO,
+         pods=[pod(0), pod(1, deleting=True)], status=running_status(), create=[name(1, inc=1)], delete=[],
+         restarts={"total": 0}),
+    Case("pod deleted outright is recreated", TWO, pods=[pod(0)], status=running_status(),
+         create=[name(1)], restarts={"total": 0}),
+    Case("evicted pod: deleted, replaced, not counted", TWO,
+         pods=[pod(0), pod(1, phase="Failed", reason="Evicted", disrupted=True, exit_code=None, ready=False)],
+         status=running_status(), delete=[name(1)], create=[name(1, inc=1)], restarts={"total": 0, "failure": 0}),
+    # ---------------------------------------------------------------- failures
+    Case("retryable failure: whole-gang restart with backoff; failed pod kept for logs", TWO,
+         pods=[pod(0), failed(1, 1, message="CUDA error")], status=running_status(), phase="Restarting",
+         create=[], delete=[name(0)], events=["WorkerFailed"], restarts={"failure": 1, "total": 1},
+         conditions={"Running": ("False", "WorkerFailed")}, requeue=10.0,
+         status_has={"restartGeneration": 1, "backoffUntil": ts(10),
+                     "lastFailure": {"pod": name(1), "exitCode": 1, "reason": "", "message": "CUDA error",
+                                     "time": ts(0)}}),
+    Case("during backoff nothing is created", TWO, pods=[failed(1, 1)],
+         status=running_status(phase="Restarting", restartGeneration=1, backoffUntil=ts(10),
+                               lastFailure={"pod": name(1)}, restarts={"failure": 1, "total": 1}),
+         at=4, phase="Restarting", create=[], delete=[], events=[], requeue=6.0),
+    Case("backoff over: the new generation is created", TWO, pods=[failed(1, 1)],
+         status=running_status(phase="Restarting", restartGeneration=1, backoffUntil=ts(10),
+                               lastFailure={"pod": name(1)}, restarts={"failure": 1, "total": 1}),
+         at=10, phase="Restarting", create=[name(0, 1), name(1, 1)], delete=[],
+         status_has={"backoffUntil": None}),
+    Case("second failure backs off twice as long", TWO, pods=[pod(0, 1), failed(1, 137, 1)],
+         status=running_status(restartGeneration=1, restarts={"failure": 1, "total": 1}), requeue=20.0,
+         restarts={"failure": 2, "total": 2}, status_has={"backoffUntil": ts(20), "restartGeneration": 2}),
+    Case("backoffLimit reached: Failed BackoffLimitExceeded, running pods cleaned", TWO,
+         pods=[pod(0, 3), failed(1, 1, 3)],
+         status=running_status(restartGeneration=3, restarts={"failure": 3, "total": 3}),
+         phase="Failed", delete=[name(0, 3)], create=[], events=["BackoffLimitExceeded"],
+         conditions={"Failed": ("True", "BackoffLimitExceeded"), "Running": ("False", "BackoffLimitExceeded")},
+         restarts={"failure": 3}, status_has={"completionTime": ts(0)}),
+    Case("backoffLimit 0: the first failure fails the job", {**TWO, "runPolicy": {"backoffLimit": 0}},
+         pods=[pod(0), failed(1, 2)], status=running_status(), phase="Failed",
+         conditions={"Failed": ("True", "BackoffLimitExceeded")}),
+    Case("exit 75: restart at once, not counted toward backoffLimit", TWO,
+         pods=[pod(0), failed(1, 75, reason="Preempted")], status=running_status(), phase="Restarting",
+         delete=[name(0)], events=["Preempted"], restarts={"preemption": 1, "failure": 0, "total": 1},
+         requeue=0.0, status_has={"backoffUntil": None, "restartGeneration": 1}),
+    Case("exit 64: Failed at once with the trainer's reason and message", TWO,
+         pods=[pod(0), failed(1, 64, reason="UnknownPreset", message="model.preset 7B (step 0)")],
+         status=running_status(), phase="Failed", delete=[name(0)], events=["UnknownPreset"],
+         conditions={"Failed": ("True", "UnknownPreset")}, restarts={"total": 0}),
+    Case("exit 65 without a readable reason: ModelOrDataError", TWO,
+         pods=[pod(0), failed(1, 65, reason="Error", message="shard 3 is truncated")], status=running_status(),
+         phase="Failed", conditions={"Failed": ("True", "ModelOrDataError")}),
+    Case("a scaled-away worker's exit is not a failure", ELASTIC,
+         pods=[pod(0, nnodes="1:4"), pod(1, nnodes="1:4"), failed(2, 1, nnodes="1:4")],
+         status=running_status(workers={"desired": 2, "active": 2, "ready": 2, "failed": 0}),
+         phase="Running", restarts={"failure": 0}, delete=[name(2)]),
+    Case("a pod failing while being deleted is not counted", TWO, pods=[pod(0), failed(1, 1, deleting=True)],
+         status=running_status(), restarts={"failure": 0}, create=[name(1, inc=1)]),
+    Case("old generations are deleted, the last failure's pod kept", TWO,
+         pods=[pod(0, 1), pod(1, 1), pod(0, 0), failed(1, 1, 0)],
+         status=running_status(restartGeneration=1, lastFailure={"pod": name(1)}),
+         delete=[name(0, 0)], create=[]),
+    Case("a generation newer than the status (status lost) is adopted, not duplicated", TWO,
+         pods=[pod(0, 2), pod(1, 2)], status=running_status(restartGeneration=0), create=[], delete=[],
+         status_has={"restartGeneration": 2}),
+    # --------------------------------------------------------------- below min
+    Case("drops below minReplicas: wait, Warning, timer", {**TWO, "elastic": {"belowMinTimeoutSeconds": 60}},
+         pods=[pod(0), pod(1, inc=1, phase="Pending")], status=running_status(), phase="Restarting",
+         events=["BelowMinReplicas"], conditions={"Running": ("False", "BelowMinReplicas")}, requeue=60.0,
+         status_has={"belowMinSince": ts(0)}),
+    Case("below min within the timeout: still waiting, no new Event",
+         {**TWO, "elastic": {"belowMinTimeoutSeconds": 60}}, pods=[pod(0), pod(1, inc=1, phase="Pending")],
+         status=running_status(phase="Restarting", belowMinSince=ts(0)), at=30, phase="Restarting", events=[],
+         requeue=30.0),
+    Case("below min past the timeout: Failed BelowMinReplicas", {**TWO, "elastic": {"belowMinTimeoutSeconds": 60}},
+         pods=[pod(0), pod(1, inc=1, phase="Pending")],
+         status=running_status(phase="Restarting", belowMinSince=ts(0)), at=60, phase="Failed",
+         events=["BelowMinReplicas"], conditions={"Failed": ("True", "BelowMinReplicas")},
+         delete=[name(0), name(1, inc=1)]),
+    Case("back to minReplicas: Running again, timer cleared", TWO, pods=[pod(0), pod(1, inc=1)],
+         status=running_status(phase="Restarting", belowMinSince=ts(0)), at=30, phase="Running",
+         events=["Running"], status_has={"belowMinSince": None}),
+    # ---------------------------------------------------------------- suspend
+    Case("suspend: workers deleted (their grace period), status kept",
+         {**TWO, "runPolicy": {"suspend": True}}, pods=[pod(0), pod(1)],
+         status=running_status(restarts={"failure": 1, "total": 1}), phase="Suspended",
+         delete=[name(0), name(1)], create=[], events=["Suspended"],
+         conditions={"Suspended": ("True", "Suspended"), "Running": ("False", "Suspended")},
+         restarts={"failure": 1}, status_has={"startTime": ts(-100)}),
+    Case("suspended and empty: nothing to do", {**TWO, "runPolicy": {"suspend": True}},
+         status={"phase": "Suspended", "conditions": [{"type": "Suspended", "status": "True",
+                                                      "reason": "Suspended", "message": ""}]},
+         phase="Suspended", create=[], delete=[], events=[]),
+    Case("created suspended (Kueue): no pods at all", {**TWO, "runPolicy": {"suspend": True}}, children=False,
+         phase="Suspended", create=[], events=["Suspended"]),
+    Case("resume: recreates the workers under new names", TWO, pods=[pod(0, deleting=True)],
+         status={"phase": "Suspended", "startTime": ts(-100), "workers": {"desired": 2},
+                 "conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": ""}]},
+         phase="Pending", create=[name(0, inc=1), name(1)], events=["Resumed"],
+         conditions={"Suspended": ("False", "Resumed")}),
+    # ---------------------------------------------------------------- deadline
+    Case("deadline pending: woken when it is due", {**TWO, "runPolicy": {"activeDeadlineSeconds": 300}},
+         pods=[pod(0), pod(1)], status=running_status(startTime=ts(-100)), phase="Running", requeue=200.0),
+    Case("deadline exceeded: Failed DeadlineExceeded, workers deleted",
+         {**TWO, "runPolicy": {"activeDeadlineSeconds": 300}}, pods=[pod(0), pod(1)],
+         status=running_status(startTime=ts(-300)), phase="Failed", delete=[name(0), name(1)],
+         events=["DeadlineExceeded"], conditions={"Failed": ("True", "DeadlineExceeded")}),
+    Case("deadline clock restarts at resume", {**TWO, "runPolicy": {"activeDeadlineSeconds": 300}},
+         pods=[pod(0), pod(1)], status=running_status(startTime=ts(-1000), conditions=[
+             {"type": "Suspended", "status": "False", "reason": "Resumed", "message": "",
+              "lastTransitionTime": ts(-100)}]), phase="Running", requeue=200.0),
+    # ------------------------------------------------------------- completion
+    Case("a worker exits 0: Succeeded, the rest cleaned (cleanPodPolicy Running)", TWO,
+         pods=[pod(0, phase="Succeeded", exit_code=0), pod(1)], status=running_status(), phase="Succeeded",
+         delete=[name(1)], events=["Completed"], conditions={"Succeeded": ("True", "Completed")},
+         status_has={"completionTime": ts(0), "worldSize": 0}),
+    Case("cleanPodPolicy None keeps every pod", {**TWO, "runPolicy": {"cleanPodPolicy": "None"}},
+         pods=[pod(0, phase="Succeeded", exit_code=0), pod(1)], status=running_status(), phase="Succeeded",
+         delete=[]),
+    Case("cleanPodPolicy All deletes finished pods too", {**TWO, "runPolicy": {"cleanPodPolicy": "All",
+                                                                               "backoffLimit": 0}},
+         pods=[pod(0), failed(1, 1)], status=running_status(), phase="Failed", delete=[name(0), name(1)]),
+    Case("TTL not yet due: woken when it is", {**TWO, "runPolicy": {"ttlSecondsAfterFinished": 60}},
+         status={"phase": "Succeeded", "completionTime": ts(0)}, at=20, phase="Succeeded", requeue=40.0,
+         events=[]),
+    Case("TTL due: the job is deleted", {**TWO, "runPolicy": {"ttlSecondsAfterFinished": 60}},
+         status={"phase": "Succeeded", "completionTime": ts(0)}, at=60, events=["TTLExpired"], delete_job=True),
+    Case("a finished job never creates pods again", TWO, pods=[],
+         status={"phase": "Failed", "completionTime": ts(0)}, phase="Failed", create=[], events=[]),
+    # ----------------------------------------------------------------- invalid
+    Case("invalid spec: Failed InvalidSpec with the problems, no pods", TWO, children=False,
+         problems=("spec.deepspeed.zero_optimization.stage: 4 is not 0-3",), phase="Failed", create=[],
+         events=["InvalidSpec"], conditions={"Failed": ("True", "InvalidSpec")}),
+]
+
+
+def _check(case: Case, d: Decision) -> None:
+    st = d.status.model_dump(by_alias=True, mode="json")
+    if case.phase is not None:
+        assert d.status.phase == case.phase
+    pods_created = [a.name for a in d.pods_to_create]
+    if case.create is not None:
+        assert pods_created == case.create
+    if case.delete is not None:
+        assert sorted(d.pods_to_delete) == sorted(case.delete)
+    events = [e.reason for e in d.events] + [a.event.reason for a in d.actions
+                                              if isinstance(a, DeletePod) and a.event is not None]
+    if case.events is not None:
+        assert events == case.events
+    conds = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"] or []}
+    for type_, want in case.conditions.items():
+        assert conds.get(type_) == want, conds
+    for key, want in case.restarts.items():
+        assert st["restarts"][key] == want, st["restarts"]
+    if case.requeue != "any":
+        assert d.requeue_after == case.requeue
+    for key, want in case.status_has.items():
+        assert st[key] == want, (key, st[key])
+    assert any(isinstance(a, DeleteJob) for a in d.actions) == case.delete_job
+    given = (case.status or {}).get("conditions") or []
+    for c in st["conditions"] or []:
+        assert c["lastTransitionTime"]
+        if not any(g.items() <= c.items() for g in given):  # set by this pass
+            assert c["observedGeneration"] == 1
+    assert st["observedGeneration"] == 1
+    if not case.problems and d.status.phase not in ("Failed", "Succeeded", "Suspended"):
+        created = {a.manifest["kind"] for a in d.actions if isinstance(a, Create)}
+        assert ("Service" in created) == (not case.children)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_reconcile_table(case: Case) -> None:
+    spec = case.spec
+    job = make_job(spec, case.status, case.problems)
+    observed = Observed(pods=tuple(case.pods), service=case.children,
+                        config_map_hash=cm_hash(spec) if case.children else None)
+    now = T0 + dt.timedelta(seconds=case.at)
+    d = reconcile(job, observed, now, SETTINGS)
+    _check(case, d)
+    # Pure: the same input decides the same again.
+    again = reconcile(job, observed, now, SETTINGS)
+    assert again.status == d.status and again.actions == d.actions and again.events == d.events
+
+
+def test_table_is_large_enough() -> None:
+    assert len(CASES) >= 30
+
+
+def test_spec_edit_updates_the_config_map() -> None:
+    job = make_job(TWO, running_status())
+    d = reconcile(job, Observed(pods=(pod(0), pod(1)), service=True, config_map_hash="stale"), T0, SETTINGS)
+    assert [type(a) for a in d.actions] == [UpdateConfigMap]
+
+
+@pytest.mark.parametrize(("failures", "want"), [(1, 10), (2, 20), (3, 40), (4, 60), (10, 60)])
+def test_backoff_is_exponential_and_capped(failures: int, want: float) -> None:
+    assert backoff_seconds(failures, SETTINGS) == want
+
+
+# ------------------------------------------------------------------------ observed pods
+
+
+def test_pod_view_parses_the_termination_message() -> None:
+    raw = {
+        "metadata": {"name": name(1, 2, 3), "labels": {n.LABEL_INDEX: "1", n.LABEL_GENERATION: "2",
+                                                       n.LABEL_INCARNATION: "3"},
+                     "annotations": {n.ANNOTATION_NNODES: "2:2"}},
+        "spec": {"nodeName": "kwok-node-0"},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+            "exitCode": 65, "reason": "Error",
+            "message": '{"reason": "DataError", "message": "shard 3 truncated", "step": 17}'}}}]},
+    }
+    v = pod_view(raw)
+    assert (v.index, v.generation, v.incarnation, v.node, v.nnodes) == (1, 2, 3, "kwok-node-0", "2:2")
+    assert (v.exit_code, v.reason, v.message, v.outcome) == (65, "DataError", "shard 3 truncated (step 17)",
+                                                             "permanent")
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        ({"phase": "Running"}, "running"),
+        ({"phase": "Succeeded"}, "succeeded"),
+        ({"phase": "Failed", "reason": "Evicted"}, "lost"),
+        ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}],
+          "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137}}}]}, "lost"),
+        ({"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 75}}}]},
+         "preempted"),
+        ({"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 1}}}]},
+         "retryable"),
+        ({"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 64}}}]},
+         "permanent"),
+    ],
+)
+def test_outcomes(status: dict[str, Any], outcome: str) -> None:
+    assert pod_view({"metadata": {"name": "p"}, "status": status}).outcome == outcome
+
+
+# ------------------------------------------------------------------------- scenarios
+
+
+class Sim:
+    """A fake cluster: pods appear Pending when created, the test moves them on. Every pass
+    writes the status first and then acts, like the handlers (or crashes in between)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.status: dict[str, Any] = {}
+        self.pods: dict[str, PodView] = {}
+        self.now = T0
+        self.events: list[str] = []
+        self.created: list[str] = []
+        self.job_deleted = False
+
+    def job(self) -> Job:
+        return make_job(self.spec, self.status)
+
+    def observed(self) -> Observed:
+        return Observed(pods=tuple(self.pods.values()), service=True, config_map_hash=cm_hash(self.spec))
+
+    def step(self, seconds: float = 0.0, crash_after_status: bool = False) -> Decision:
+        self.now += dt.timedelta(seconds=seconds)
+        d = reconcile(self.job(), self.observed(), self.now, SETTINGS)
+        self.status = d.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if crash_after_status:
+            return d
+        self.events += [e.reason for e in d.events]
+        for a in d.actions:
+            if isinstance(a, Create) and a.kind == "Pod":
+                if a.name not in self.pods:  # AlreadyExists counts as done
+                    self.pods[a.name] = pod_view(a.manifest)
+                    self.created.append(a.name)
+            elif isinstance(a, DeletePod) and a.name in self.pods:
+                self.pods.pop(a.name)  # KWOK-like: deletion is immediate
+            elif isinstance(a, DeleteJob):
+                self.job_deleted = True
+        return d
+
+    def settle(self, max_steps: int = 10) -> None:
+        """Run passes until one decides nothing new (as requeue-after-0 would)."""
+        for _ in range(max_steps):
+            d = self.step()
+            if d.requeue_after != 0.0 and not d.actions:
+                return
+
+    def set_all(self, phase: str) -> None:
+        for k, p in self.pods.items():
+            if not p.finished:
+                self.pods[k] = replace(p, phase=phase, ready=phase == "Running", node="kwok-node-0")
+
+    def finish(self, index: int, code: int, message: str = "") -> str:
+        p = next(p for p in self.pods.values() if p.index == index and not p.finished)
+        self.pods[p.name] = replace(p, phase="Succeeded" if code == 0 else "Failed", exit_code=code,
+                                    ready=False, message=message)
+        return p.name
+
+    def counter(self, cause: str) -> int:
+        return int(self.status.get("restarts", {}).get(cause, 0))
+
+
+def test_scenario_failures_back_off_exponentially_until_the_limit() -> None:
+    sim = Sim({"workers": {"replicas": 2}, "runPolicy": {"backoffLimit": 2}})
+    sim.settle()
+    sim.set_all("Running")
+    sim.step()
+    assert sim.status["phase"] == "Running"
+    delays = []
+    for attempt in (1, 2):
+        failed_pod = sim.finish(1, 1, "boom")
+        d = sim.step()
+        assert sim.status["phase"] == "Restarting" and sim.counter("failure") == attempt
+        assert failed_pod in sim.pods  # kept for logs
+        delays.append(d.requeue_after)
+        assert sim.step(1).pods_to_create == []  # still backing off
+        assert d.requeue_after is not None
+        sim.step(d.requeue_after - 1)
+        assert {p.generation for p in sim.pods.values() if not p.finished} == {attempt}
+        sim.set_all("Running")
+        sim.step()
+        assert sim.status["phase"] == "Running"
+    assert delays == [10.0, 20.0]
+    sim.finish(0, 3)
+    sim.step()
+    assert sim.status["phase"] == "Failed"
+    assert sim.status["conditions"][-1]["reason"] == "BackoffLimitExceeded"
+    assert sim.counter("failure") == 2
+    assert sim.events.count("WorkerFailed") == 2 and sim.events.count("BackoffLimitExceeded") == 1
+
+
+def test_scenario_preemptions_never_exhaust_the_backoff_limit() -> None:
+    sim = Sim({"workers": {"replicas": 2}, "runPolicy": {"backoffLimit": 0}})
+    sim.settle()
+    for i in range(5):
+        sim.set_all("Running")
+        sim.step()
+        sim.finish(i % 2, 75)
+        sim.settle()
+        assert sim.status["phase"] != "Failed"
+    assert sim.counter("preemption") == 5 and sim.counter("failure") == 0
+    assert sim.status["restartGeneration"] == 5
+
+
+@pytest.mark.parametrize("crash_at", range(8))
+def test_scenario_crash_between_status_and_actions_changes_nothing(crash_at: int) -> None:
+    """Cut one pass of a create → run → fail → restart → run sequence short after its status
+    write: the outcome (pods, counters) is the same as without the crash."""
+
+    def run(crash: int | None) -> tuple[list[str], dict[str, int], int]:
+        sim = Sim({"workers": {"replicas": 3}, "runPolicy": {"backoffLimit": 5}})
+        script = ["step", "run", "step", "fail", "step", "wait", "run", "step"]
+        for i, what in enumerate(script):
+            if what == "run":
+                sim.set_all("Running")
+                continue
+            if what == "fail":
+                sim.finish(2, 1)
+                continue
+            seconds = 10.0 if what == "wait" else 0.0
+            sim.step(seconds, crash_after_status=(i == crash))
+            if i == crash:
+                sim.step()  # the restarted operator's first pass
+        sim.settle()
+        live = sorted(p.name for p in sim.pods.values() if not p.finished)
+        return live, dict(sim.status.get("restarts", {})), len(sim.created)
+
+    assert run(crash_at) == run(None)
+
+
+def test_scenario_replayed_passes_create_no_duplicates() -> None:
+    sim = Sim({"workers": {"replicas": 4, "minReplicas": 2, "maxReplicas": 6}})
+    for _ in range(5):
+        sim.step()
+    assert len(sim.created) == 4
+    sim.set_all("Running")
+    for _ in range(5):
+        sim.step()
+    assert len(sim.created) == 4 and sim.events.count("Running") == 1
+
+
+def test_scenario_elastic_scale_up_and_down_keeps_survivors() -> None:
+    sim = Sim({"workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4}})
+    sim.settle()
+    sim.set_all("Running")
+    sim.step()
+    first = set(sim.pods)
+    sim.spec = {"workers": {"replicas": 4, "minReplicas": 1, "maxReplicas": 4}}
+    sim.settle()
+    assert first < set(sim.pods) and len(sim.pods) == 4
+    sim.set_all("Running")
+    sim.step()
+    sim.spec = {"workers": {"replicas": 1, "minReplicas": 1, "maxReplicas": 4}}
+    sim.settle()
+    assert set(sim.pods) == {name(0)}
+    assert sim.counter("rescale") == 2 and sim.status["phase"] == "Running"
+
+
+def test_scenario_suspend_and_resume_keep_status() -> None:
+    sim = Sim({"workers": {"replicas": 2}})
+    sim.settle()
+    sim.set_all("Running")
+    sim.step()
+    sim.finish(0, 75)
+    sim.settle()
+    sim.set_all("Running")
+    sim.step()
+    sim.spec = {"workers": {"replicas": 2}, "runPolicy": {"suspend": True}}
+    sim.settle()
+    assert sim.pods == {} and sim.status["phase"] == "Suspended" and sim.counter("preemption") == 1
+    sim.spec = {"workers": {"replicas": 2}, "runPolicy": {"suspend": False}}
+    sim.settle()
+    assert len(sim.pods) == 2 and sim.status["phase"] == "Pending"
+    sim.set_all("Running")
+    sim.step()
+    assert sim.status["phase"] == "Running" and sim.counter("preemption") == 1
+    assert sim.events.count("Suspended") == 1 and sim.events.count("Resumed") == 1
