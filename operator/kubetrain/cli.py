@@ -11,8 +11,10 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("kubetrain.cmd_crd", "print the TrainingJob CustomResourceDefinition"),
     "validate": ("kubetrain.cmd_validate", "validate TrainingJob files offline (models + CEL rules)"),
-    "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),
+    "local": ("kubetrain.cmd_local", "train a TrainingJob on this machine (the pods' launcher, loopback rendezvous)"),
+    "plot": ("kubetrain.cmd_plot", "plot loss, learning rate and throughput of a run directory"),
     "operator": ("kubetrain.cmd_operator", "run the TrainingJob operator (kopf) in the foreground"),
+    "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),
 }
 
 
