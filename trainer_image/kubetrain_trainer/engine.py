@@ -170,7 +170,8 @@ class Trainer:
         norm = self.par.grad_norm()
         # One all-reduce and one host sync per step: [sum of rank losses, sum of (identical) norms].
         stats = torch.stack([local_loss, norm.float()])
-        dist.all_reduce(stats)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(stats)
         loss_sum, norm_sum = stats.tolist()
         now = monotonic()
         step_time = now - (self._last_sync if self._last_sync is not None else t0)

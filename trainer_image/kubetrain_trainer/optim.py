@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from .config import OptimizerConfig
@@ -44,7 +45,7 @@ def build_optimizer(par: Parallelized, cfg: OptimizerConfig, device: torch.devic
     cls = _CLASSES[cfg.type]
     kw = optimizer_kwargs(cfg, device)
     groups = param_groups(par, cfg.weight_decay)
-    if par.strategy == "zero1":
+    if par.strategy == "zero1" and dist.get_world_size() > 1:
         kw.pop("weight_decay")
         zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=cls, weight_decay=cfg.weight_decay, **kw)
         for g in groups[1:]:

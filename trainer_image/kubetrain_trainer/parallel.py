@@ -118,6 +118,8 @@ def parallelize(
         assert isinstance(model, FSDPModule)
         return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())))
     if strategy in ("ddp", "zero1"):
+        if ctx.world_size == 1:  # nothing to synchronise: skip DDP's hooks entirely
+            return Parallelized(model, model, strategy, params)
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         ddp = DDP(model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
         return Parallelized(ddp, model, strategy, params)
