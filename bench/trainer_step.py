@@ -5,7 +5,7 @@
 
 One process (a 1-process group).  The bare loop: the same GPT and optimizer (same fused/foreach
 choice), the same autocast, pre-built batches already on the device, forward + backward per micro
-batch, optimizer step, zero_grad — nothing else.  The trainer adds its data pipeline, grad-norm,
+batch, clip_grad_norm_, optimizer step, zero_grad — nothing else.  The trainer adds its data pipeline, grad-norm,
 overflow/non-finite check (one host sync), clipping and logging bookkeeping.  Prints both medians
 and the ratio.  Not a test.
 """
@@ -24,7 +24,6 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer_image")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from kubetrain_trainer import config, distributed  # noqa: E402
 from kubetrain_trainer.engine import Trainer  # noqa: E402
 from kubetrain_trainer.models import build_model  # noqa: E402
@@ -57,6 +56,8 @@ def bare_loop(cfg: config.JobConfig, device: torch.device, steps: int, warmup: i
                 logits = built.module(data[m, :, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), data[m, :, 1:].flatten())
             (loss / (g // micro)).backward()
+        if cfg.training.gradient_clipping > 0:
+            torch.nn.utils.clip_grad_norm_(par.params, cfg.training.gradient_clipping, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
@@ -84,7 +85,7 @@ def trainer_loop(cfg: config.JobConfig, ctx: distributed.DistContext, steps: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--strategy", default="ddp", choices=["ddp", "zero1", "zero2", "zero3"])
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=8)

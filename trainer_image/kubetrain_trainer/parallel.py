@@ -14,6 +14,7 @@ All four average gradients over ranks; the engine scales each micro-batch loss b
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -106,8 +107,11 @@ def parallelize(
         for block in built.blocks:
             ac_checkpoint(block)
     if compile:
+        # $KUBETRAIN_COMPILE_BACKEND (default inductor) lets CPU tests use aot_eager: same Dynamo
+        # tracing through the FSDP/checkpoint hooks, without minutes of C++ codegen.
+        backend = os.environ.get("KUBETRAIN_COMPILE_BACKEND", "inductor")
         for block in built.blocks or [model]:
-            block.compile()
+            block.compile(backend=backend)
     params = list(dict.fromkeys(model.parameters()))  # de-duplicated (tied embeddings)
     if strategy in FSDP_STRATEGIES:
         reshard = strategy == "zero3"
