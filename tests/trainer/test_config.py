@@ -76,3 +76,29 @@ def test_readable_spec_errors(spec: dict, needle: str) -> None:  # type: ignore[
 def test_dict_reader_without_api() -> None:
     cfg = config.parse_spec({"training": {"max_steps": 5}, "precision": {"dtype": "BF16"}})
     assert cfg.training.max_steps == 5 and cfg.precision.dtype == "bf16"
+
+
+DEEPSPEED = {
+    "train_batch_size": 16,
+    "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 100, "warmup_num_steps": 10}},
+    "fp16": {"enabled": True, "initial_scale_power": 12},
+    "zero_optimization": {"stage": 3},
+    "gradient_clipping": 0.7,
+}
+
+
+def test_deepspeed_config_resolves_into_typed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("KUBETRAIN_SPEC", json.dumps({"spec": {"deepspeed": DEEPSPEED}}))
+    cfg = config.load(None)
+    assert cfg.training.global_batch_size == 16 and cfg.training.micro_batch_size == 2
+    assert cfg.training.gradient_clipping == 0.7
+    assert cfg.parallel.strategy == "zero3"
+    assert cfg.precision.dtype == "fp16" and cfg.precision.initial_scale_power == 12
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer.betas == (0.9, 0.95) and cfg.optimizer.weight_decay == 0.1
+    assert cfg.schedule.type == "WarmupCosineLR"
+    bad = dict(DEEPSPEED, gradient_accumulation_steps=4)  # 16 != 2 x 4 x 3
+    with pytest.raises(SpecError, match="train_batch_size"):
+        config.from_spec({"deepspeed": bad}, world_size=3)

@@ -79,3 +79,27 @@ def test_text_and_uint32_shards(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert row.min() >= 70000 and np.all(np.diff(row) == 1)
     with pytest.raises(DataError, match="too few"):
         open_corpus(DataConfig("text", str(tmp_path / "t.txt")), vocab_size=256, seq_len=1000, seed=0)
+
+
+def test_loader_prefetches_and_surfaces_errors() -> None:
+    import torch
+
+    from kubetrain_trainer.data import Loader
+
+    class Flaky(SyntheticCorpus):
+        def get(self, indices, split="train"):  # type: ignore[no-untyped-def]
+            if indices[0] >= 3 * 4:  # step 3 of a 4-sample global batch
+                raise OSError("disk went away")
+            return super().get(indices, split)
+
+    loader = Loader(Flaky(64, 8, 0), make_plan(4, 2, 1, 0), torch.device("cpu"))
+    try:
+        first = loader.step_batch(0)
+        assert len(first) == 2 and first[0][0].shape == (2, 8)
+        torch.testing.assert_close(first[0][0][:, 1:], first[0][1][:, :-1])  # targets = inputs shifted
+        loader.step_batch(1)
+        loader.step_batch(2)  # prefetches step 3 in the background, which fails
+        with pytest.raises(DataError, match="disk went away"):
+            loader.step_batch(3)
+    finally:
+        loader.close()

@@ -49,6 +49,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         "spec": _spec("ddp", {"dtype": "fp32", "maxConsecutiveNonFinite": 3}),
         "faults": {"nan_loss_steps": [2, *range(5, 17)]},
     })
+    items.append({"label": "deepspeed-fp16-zero2", "spec": {
+        "model": {"preset": "tiny"},
+        "training": {"maxSteps": 16},
+        "deepspeed": {
+            "train_batch_size": 8, "gradient_accumulation_steps": 2,
+            "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}},
+            "fp16": {"enabled": True, "initial_scale_power": 10}, "zero_optimization": {"stage": 2},
+        },
+    }})
     results = launch("run_configs", 2, {"runs": items}, tmp_path_factory.mktemp("precision"))
     assert results[0]["runs"] == results[1]["runs"]
     return {r["label"]: r for r in results[0]["runs"]}
@@ -91,3 +100,11 @@ def test_non_finite_loss_fails_after_n_in_a_row(runs: dict[str, dict[str, Any]])
     err = runs["fp32-nan-forever"]["error"]
     assert err["type"] == "DivergedError" and err["exit_code"] == 65
     assert "not finite for 3 consecutive steps" in err["message"] and "through step 7" in err["message"]
+
+
+def test_deepspeed_config_runs_as_configured(runs: dict[str, dict[str, Any]]) -> None:
+    """fp16 + ZeRO-2 + batch 8 from a DeepSpeed config: same losses as the typed fp16-zero2 run."""
+    hist = runs["deepspeed-fp16-zero2"]["history"]
+    assert hist[0]["loss_scale"] == 2.0**10
+    typed = [h["loss"] for h in runs["fp16-zero2"]["history"]]
+    assert [h["loss"] for h in hist] == pytest.approx(typed, rel=1e-3)

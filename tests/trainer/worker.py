@@ -51,7 +51,7 @@ def _reference_grad_norm(spec: dict[str, Any]) -> float:
 def run_configs(payload: dict[str, Any], ctx: distributed.DistContext, workdir: Path) -> Any:
     results = []
     for i, run in enumerate(payload["runs"]):
-        cfg = config.from_spec(run["spec"])
+        cfg = config.from_spec(run["spec"], world_size=ctx.world_size)
         f = run.get("faults", {})
         faults = Faults(frozenset(f.get("inf_grad_steps", ())), frozenset(f.get("nan_loss_steps", ())), f.get("rank", 0))
         trainer = Trainer(cfg, ctx, None, faults=faults)

@@ -408,7 +408,7 @@ def _format_validation_error(e: Exception) -> str:
     return "invalid spec: " + "; ".join(parts)
 
 
-def _resolve_with_api(spec: Any) -> Mapping[str, Any]:
+def _resolve_with_api(spec: Any, world_size: int | None) -> Mapping[str, Any]:
     """Validate with ``kubetrain.api`` and merge DeepSpeed keys, when those modules exist."""
     try:
         api = importlib.import_module("kubetrain.api")
@@ -431,19 +431,23 @@ def _resolve_with_api(spec: Any) -> Mapping[str, Any]:
     resolve = getattr(ds, "resolve", None)
     if resolve is not None:
         try:
-            spec = resolve(spec)
+            spec = resolve(spec, world_size)
         except (ValueError, TypeError) as e:
             raise SpecError(f"invalid spec.deepspeed: {e}") from None
     dumped = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
     return dumped if isinstance(dumped, Mapping) else {}
 
 
-def from_spec(obj: Any, name: str | None = None) -> JobConfig:
-    """TrainingJob / spec (dict or ``kubetrain.api`` model) → JobConfig."""
+def from_spec(obj: Any, name: str | None = None, world_size: int | None = None) -> JobConfig:
+    """TrainingJob / spec (dict or ``kubetrain.api`` model) → JobConfig.
+
+    ``world_size`` is the data-parallel size DeepSpeed's batch rule is resolved at
+    (``train_batch_size = micro x accumulation x world``); None: the job's nominal size.
+    """
     job_name = "kubetrain"
     if isinstance(obj, Mapping):
         obj, job_name = _split_job(obj)
-    resolved = _resolve_with_api(obj)
+    resolved = _resolve_with_api(obj, world_size)
     return parse_spec(resolved, name=name or job_name)
 
 
@@ -464,7 +468,9 @@ def load_spec_text(text: str, origin: str) -> Any:
 
 
 def load(path: str | None = None, env_var: str = "KUBETRAIN_SPEC") -> JobConfig:
-    """Read the spec from a file (JSON/YAML) or, without a path, from ``$KUBETRAIN_SPEC`` (JSON/YAML)."""
+    """Read the spec from a file (JSON/YAML); without one from ``$KUBETRAIN_SPEC_FILE`` (a path) or
+    ``$KUBETRAIN_SPEC`` (the text). DeepSpeed keys resolve at ``$WORLD_SIZE`` when torchrun set it."""
+    path = path or os.environ.get(f"{env_var}_FILE") or None
     if path:
         try:
             text = Path(path).read_text()
@@ -474,7 +480,8 @@ def load(path: str | None = None, env_var: str = "KUBETRAIN_SPEC") -> JobConfig:
     elif os.environ.get(env_var):
         obj = load_spec_text(os.environ[env_var], f"${env_var}")
     else:
-        raise SpecError(f"no spec given: pass --spec FILE or set {env_var}")
+        raise SpecError(f"no spec given: pass --spec FILE or set {env_var}_FILE or {env_var}")
     if not isinstance(obj, Mapping):
         raise SpecError("the spec must be a mapping (a TrainingJob or its spec)")
-    return from_spec(obj)
+    world = os.environ.get("WORLD_SIZE")
+    return from_spec(obj, world_size=int(world) if world else None)

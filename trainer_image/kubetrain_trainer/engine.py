@@ -116,7 +116,12 @@ class Trainer:
             peak_flops(ctx.device, cfg.precision.dtype), n_devices,
         )
         self.progress = Progress(t.max_steps, ctx.world_size)
-        self.server = MetricsServer(self.progress, metrics_port) if metrics_port and ctx.is_local_main else None
+        self.server: MetricsServer | None = None
+        if metrics_port and ctx.is_local_main:
+            try:
+                self.server = MetricsServer(self.progress, metrics_port)
+            except OSError as e:  # progress reporting must never stop training
+                log.warning("cannot serve /metrics on port %d: %s", metrics_port, e)
         self.log: JsonlLog | None = None
         if run_dir is not None and ctx.is_main:
             self.log = JsonlLog(run_dir / "metrics.jsonl")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -104,11 +104,14 @@ class Loader:
         self.corpus = corpus
         self.plan = plan
         self.device = device
-        self._next: tuple[int, threading.Thread, list[np.ndarray]] | None = None
+        self._next: tuple[int, threading.Thread, list[Any]] | None = None
 
-    def _read(self, step: int, out: list[np.ndarray]) -> None:
-        for m in range(self.plan.accum_steps):
-            out.append(self.corpus.get(self.plan.micro_indices(step, m), "train"))
+    def _read(self, step: int, out: list[Any]) -> None:
+        try:
+            for m in range(self.plan.accum_steps):
+                out.append(self.corpus.get(self.plan.micro_indices(step, m), "train"))
+        except Exception as e:  # surfaced by step_batch on the training thread
+            out.append(e)
 
     def _to_device(self, arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.from_numpy(arr)
@@ -117,7 +120,7 @@ class Loader:
         return t[:, :-1], t[:, 1:]
 
     def step_batch(self, step: int) -> Batch:
-        arrays: list[np.ndarray] = []
+        arrays: list[Any] = []
         if self._next is not None and self._next[0] == step:
             _, thread, arrays = self._next
             thread.join()
@@ -125,7 +128,10 @@ class Loader:
             self.close()
             self._read(step, arrays)
         self._next = None
-        prefetched: list[np.ndarray] = []
+        for item in arrays:
+            if isinstance(item, Exception):
+                raise DataError(f"reading step {step}'s batch failed: {type(item).__name__}: {item}") from item
+        prefetched: list[Any] = []
         thread = threading.Thread(target=self._read, args=(step + 1, prefetched), daemon=True)
         thread.start()
         self._next = (step + 1, thread, prefetched)
