@@ -83,7 +83,6 @@ def test_text_and_uint32_shards(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 def test_loader_prefetches_and_surfaces_errors() -> None:
     import torch
-
     from kubetrain_trainer.data import Loader
 
     class Flaky(SyntheticCorpus):
