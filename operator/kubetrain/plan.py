@@ -398,11 +398,8 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     world = world_size or spec.workers.replicas * spec.workers.procs
     spec = resolve_spec(spec, world)
     gpu_name = gpu if gpu is not None else (DEFAULT_GPU if spec.workers.gpus_per_worker > 0 else "cpu")
-    on_gpu = gpu_name.strip().lower() not in CPU_NAMES
-    label = gpu_label(gpu_name) if on_gpu else None
-    mem = gpu_memory_bytes(gpu_name) if on_gpu else None
-    if on_gpu and (label is None or mem is None):
-        raise PlanError(f"unknown GPU {gpu_name!r}; known: {', '.join(known_gpus())} (or cpu)")
+    label, mem = _resolve_gpu(gpu_name)
+    on_gpu = label is not None
 
     t = spec.training
     notes: list[str] = []
@@ -452,6 +449,16 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
 
 def known_gpus() -> list[str]:
     return list(GPU_PEAK_TFLOPS)
+
+
+def _resolve_gpu(gpu_name: str) -> tuple[str | None, int | None]:
+    """(table name, memory bytes); (None, None) for a CPU. Raises PlanError for an unknown GPU."""
+    if gpu_name.strip().lower() in CPU_NAMES:
+        return None, None
+    label, mem = gpu_label(gpu_name), gpu_memory_bytes(gpu_name)
+    if label is None or mem is None:
+        raise PlanError(f"unknown GPU {gpu_name!r}; known: {', '.join(known_gpus())} (or cpu)")
+    return label, mem
 
 
 def _accumulation(global_batch: int, micro: int, world: int, notes: list[str]) -> int | None:
