@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,12 @@ from tests.cluster.helpers import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "crd.yaml"
+_timings: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for what, seconds in _timings.items():
+        terminalreporter.write_line(f"kubetrain cluster: {what}: {seconds:.1f}")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +43,9 @@ def cluster() -> Iterator[Cluster]:
         cp = ControlPlane()
     except binaries.MissingBinaries as e:
         pytest.skip(str(e))
+    started = time.monotonic()
     info = cp.start()
+    _timings["control plane start (s)"] = time.monotonic() - started
     try:
         yield Cluster(kubeconfig=Path(info.kubeconfig), kubectl_bin=info.kubectl, node_count=cp.node_count)
     finally:

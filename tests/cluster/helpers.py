@@ -49,7 +49,11 @@ class Cluster:
         kubectl = binaries.find("kubectl") or shutil.which("kubectl")
         if kubectl is None:
             raise binaries.MissingBinaries("kubectl not found; run `bash tests/cluster/build.sh`")
-        return cls(kubeconfig=kubeconfig, kubectl_bin=str(kubectl))
+        cluster = cls(kubeconfig=kubeconfig, kubectl_bin=str(kubectl))
+        names = [n["metadata"]["name"] for n in cluster.kubectl_json("get", "nodes", "-l", "type=kwok")["items"]]
+        indexes = [int(n.rsplit("-", 1)[1]) for n in names if n.startswith("kwok-node-")]
+        cluster.node_count = max(indexes) + 1 if indexes else cluster.node_count
+        return cluster
 
     # ------------------------------------------------------------- clients
 
@@ -67,6 +71,16 @@ class Cluster:
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        helm = binaries.find("helm")
+        if helm is None:
+            raise binaries.MissingBinaries("helm not found; run `bash tests/cluster/build.sh`")
+        proc = subprocess.run([str(helm), "--kubeconfig", str(self.kubeconfig), *args],
+                              capture_output=True, text=True, timeout=timeout, env=self.env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
     def kubectl_json(self, *args: str) -> Any:

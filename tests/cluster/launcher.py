@@ -31,8 +31,8 @@ from pathlib import Path
 from tests.cluster import binaries, nodes, pki, procs
 
 HERE = Path(__file__).resolve().parent
-SERVICE_CIDR = "10.0.0.0/24"  # nothing routes to it: there is no kube-proxy
-SERVICE_IP = "10.0.0.1"
+SERVICE_CIDR = "127.2.0.0/24"  # loopback like the pod IPs: nothing may dial a real address
+SERVICE_IP = "127.2.0.1"
 KWOK_DEFAULT_CIDR = "127.1.255.0/24"  # pods on a node without podCIDR; loopback, never private
 START_TIMEOUT = float(os.environ.get("KUBETRAIN_CLUSTER_START_TIMEOUT", "120"))
 
@@ -95,6 +95,7 @@ class ControlPlane:
         detach: bool = False,
         keep_run_dir: bool | None = None,
         extra_apiserver_args: list[str] | None = None,
+        feature_gates: str = "",
     ) -> None:
         self.bins = binaries.resolve()
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="kubetrain-cluster-"))
@@ -104,9 +105,9 @@ class ControlPlane:
             bool(os.environ.get("KUBETRAIN_KEEP_RUN_DIR")) if keep_run_dir is None else keep_run_dir
         )
         self.extra_apiserver_args = list(extra_apiserver_args or [])
-        gates = os.environ.get("KUBETRAIN_TEST_FEATURE_GATES")
-        if gates:
-            self.extra_apiserver_args.append(f"--feature-gates={gates}")
+        # e.g. GenericWorkload=true,GangScheduling=true (alpha in 1.36) for the native gang scheduling
+        # API; given to kube-apiserver, kube-controller-manager and kube-scheduler alike
+        self.feature_gates = feature_gates or os.environ.get("KUBETRAIN_TEST_FEATURE_GATES", "")
         if runtime := os.environ.get("KUBETRAIN_TEST_RUNTIME_CONFIG"):
             self.extra_apiserver_args.append(f"--runtime-config={runtime}")
         self.procs: list[procs.Proc] = []
@@ -119,26 +120,38 @@ class ControlPlane:
         started = time.monotonic()
         if not self.detach:
             procs.on_exit(self.stop)
-        try:
-            info = self._start()
-        except BaseException:
-            self.stop(keep_logs=True)
-            raise
+        for attempt in (1, 2):
+            try:
+                info = self._start()
+                break
+            except StartupError as e:
+                self._stop_procs()
+                # ports are picked free but bound later; on a rare collision start over once
+                if attempt == 2 or "address already in use" not in str(e):
+                    self.stop(keep_logs=True)
+                    raise
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            except BaseException:
+                self.stop(keep_logs=True)
+                raise
         info.pids = {p.name: p.pid for p in self.procs}
         info.exes = {p.name: p.argv[0] for p in self.procs}
         (self.run_dir / "started-in-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
         return info
 
     def stop(self, keep_logs: bool = False) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+        self._stop_procs()
         procs.forget(self.stop)
         if keep_logs or self.keep_run_dir:
             # etcd data is large and useless afterwards
             shutil.rmtree(self.run_dir / "etcd", ignore_errors=True)
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _stop_procs(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
 
     # ----------------------------------------------------------------- startup
 
@@ -262,6 +275,8 @@ class ControlPlane:
         return proc.stdout
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if self.feature_gates and name.startswith("kube-"):
+            argv = [*argv, f"--feature-gates={self.feature_gates}"]
         proc = procs.Proc(name, argv, self.run_dir / "logs" / f"{name}.log")
         proc.start(env=env, detach=self.detach)
         self.procs.append(proc)

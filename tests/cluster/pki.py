@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ DAYS = "3650"
 
 
 def _openssl(*args: str | Path, cwd: Path) -> None:
+    if shutil.which("openssl") is None:
+        raise RuntimeError("the openssl command is needed to make the test cluster's certificates")
     proc = subprocess.run(["openssl", *map(str, args)], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(map(str, args))} failed:\n{proc.stderr}")

@@ -1,0 +1,452 @@
+"""The operator against the real control plane, running as a subprocess under its own
+ServiceAccount's RBAC (manifests/rbac.yaml, token from the TokenRequest API) — not as admin.
+KWOK runs the pods; the harness finishes them with chosen exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.helpers import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "kubetrain.dev", "v1alpha1", "trainingjobs"
+SA_NAMESPACE, SA_NAME = "kubetrain-system", "kubetrain-operator"
+# Divisible by every world size used here (the DeepSpeed mapping checks it).
+BATCH = 720720
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig holding only a token of the operator's ServiceAccount."""
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
+    wait_for(lambda: cluster.kubectl("get", "sa", SA_NAME, "-n", SA_NAMESPACE, check=False).returncode == 0,
+             30, "the operator's ServiceAccount")
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"expirationSeconds": 3600}}
+    token = cluster.core.create_namespaced_service_account_token(SA_NAME, SA_NAMESPACE, request).status.token
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": SA_NAME, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": admin["clusters"][0]["name"], "user": SA_NAME}}],
+        "current-context": "operator",
+    }
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    path.write_text(json.dumps(config))
+    # It really is not admin.
+    who = cluster.kubectl("--kubeconfig", str(path), "auth", "can-i", "create", "pods", "--all-namespaces",
+                          check=False).stdout.strip()
+    assert who == "yes"
+    assert cluster.kubectl("--kubeconfig", str(path), "auth", "can-i", "update", "pods", "-A",
+                           check=False).stdout.strip() == "no"
+    assert cluster.kubectl("--kubeconfig", str(path), "auth", "can-i", "get", "secrets", "-A",
+                           check=False).stdout.strip() == "no"
+    return path
+
+
+class Operator:
+    """`python -m kubetrain operator -n NS` as a subprocess; kill -9 and restart at will."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, extra: tuple[str, ...] = ()) -> None:
+        self.kubeconfig, self.namespace, self.log_dir, self.extra = kubeconfig, namespace, log_dir, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.health = 0
+
+    def start(self, wait: bool = True) -> None:
+        self.starts += 1
+        self.health = _free_port()
+        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetrain", "operator", "--namespace", self.namespace,
+             "--kubeconfig", str(self.kubeconfig), "--metrics-port", str(_free_port()),
+             "--health-port", str(self.health), "--bind-address", "127.0.0.1",
+             "--backoff-base-seconds", "1", "--backoff-max-seconds", "4", "--resync-seconds", "5",
+             "--log-format", "json", "--trainer-image", "kubetrain/trainer:test", *self.extra],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )
+        if wait:
+            wait_for(self.healthy, 30, "operator /healthz")
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no graceful anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM: the graceful path."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("operator did not stop on SIGTERM within 30s") from None
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+@pytest.fixture
+def operator(operator_kubeconfig: Path, namespace: str, tmp_path: Path,
+             request: pytest.FixtureRequest) -> Iterator[Operator]:
+    op = Operator(operator_kubeconfig, namespace, tmp_path)
+    op.start()
+    yield op
+    code = op.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(op.logs())
+    assert code == 0, f"operator exit code {code} on SIGTERM"
+    assert "Traceback" not in op.logs(), op.logs()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def tj(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("training", {"globalBatchSize": BATCH})
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "metadata": {"name": name}, "spec": spec}
+
+
+def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(obj))
+
+
+def job(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(cluster.kubectl_json("get", "tj", name, "-n", namespace))
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(job(cluster, namespace, name).get("status") or {})
+
+
+def pods(cluster: Cluster, namespace: str, name: str, live: bool = True) -> list[dict[str, Any]]:
+    items = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"kubetrain.dev/job-name={name}")["items"]
+    if live:
+        items = [p for p in items if not p["metadata"].get("deletionTimestamp")
+                 and p["status"].get("phase") not in ("Succeeded", "Failed")]
+    return sorted(items, key=lambda p: int(p["metadata"]["labels"]["kubetrain.dev/worker-index"]))
+
+
+def names(items: list[dict[str, Any]]) -> list[str]:
+    return [p["metadata"]["name"] for p in items]
+
+
+def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    return wait_for(lambda: (s := status(cluster, namespace, name)).get("phase") == phase and s, timeout,
+                    f"{name} {phase}")
+
+
+def wait_running(cluster: Cluster, namespace: str, name: str, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """Phase Running with n workers ready, and exactly n live pods, all Running."""
+    def ok() -> list[dict[str, Any]] | None:
+        s = status(cluster, namespace, name)
+        ps = pods(cluster, namespace, name)
+        if s.get("phase") == "Running" and (s.get("workers") or {}).get("ready") == n and len(ps) == n \
+                and all(p["status"].get("phase") == "Running" for p in ps):
+            return ps
+        return None
+
+    return wait_for(ok, timeout, f"{name} Running with {n} workers")
+
+
+def events(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    items = cluster.kubectl_json("get", "events", "-n", namespace,
+                                 "--field-selector", f"involvedObject.name={name},involvedObject.kind=TrainingJob")
+    return [e["reason"] for e in sorted(items["items"], key=lambda e: e.get("lastTimestamp") or "")]
+
+
+def condition(s: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in s.get("conditions") or [] if c["type"] == type_), {})
+
+
+def fail(cluster: Cluster, namespace: str, pod: str, code: int, reason: str = "", message: str = "") -> None:
+    text = json.dumps({"reason": reason, "message": message, "step": 7}) if reason else message
+    cluster.terminate_pod(namespace, pod, code, text)
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_apply_creates_workers_with_env_and_settings(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj(
+        "settings",
+        workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 3, "gpusPerWorker": 2,
+                 "env": [{"name": "NCCL_DEBUG", "value": "INFO"}], "labels": {"team": "nlp"},
+                 "annotations": {"note": "hi"}, "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                 "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                 "serviceAccountName": "default", "imagePullSecrets": [{"name": "regcred"}]},
+        checkpoint={"saveTimeoutSeconds": 30},
+        runPolicy={"backoffLimit": 2},
+    ))
+    ps = wait_running(cluster, namespace, "settings", 2)
+    uid = job(cluster, namespace, "settings")["metadata"]["uid"]
+    assert names(ps) == ["settings-worker-0-0-0", "settings-worker-1-0-0"]
+    p = ps[1]
+    meta, spec = p["metadata"], p["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert meta["labels"]["kubetrain.dev/worker-index"] == "1"
+    assert meta["labels"]["kubetrain.dev/restart-generation"] == "0"
+    assert meta["labels"]["team"] == "nlp" and meta["annotations"]["note"] == "hi"
+    assert meta["ownerReferences"][0]["uid"] == uid and meta["ownerReferences"][0]["controller"] is True
+    assert spec["restartPolicy"] == "Never"
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["serviceAccountName"] == "default" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["command"] == ["python", "-m", "kubetrain_trainer.launch"]
+    assert c["image"] == "kubetrain/trainer:test"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {pt["name"] for pt in c["ports"]} == {"metrics", "rendezvous"}
+    assert env["PET_NNODES"] == "1:3" and env["PET_NPROC_PER_NODE"] == "2"
+    assert env["PET_RDZV_BACKEND"] == "c10d" and env["PET_RDZV_ID"] == uid
+    assert env["PET_RDZV_ENDPOINT"] == "settings-worker-0.settings:29400"
+    assert env["NCCL_DEBUG"] == "INFO" and env["KUBETRAIN_SPEC_FILE"] == "/etc/kubetrain/trainingjob.json"
+    assert {v["name"] for v in spec["volumes"]} >= {"spec", "checkpoints", "dshm"}
+    assert spec["hostname"] == "settings-worker-1" and spec["subdomain"] == "settings"
+
+    svc = cluster.kubectl_json("get", "svc", "settings", "-n", namespace)
+    assert svc["spec"]["clusterIP"] == "None"
+    cm = cluster.kubectl_json("get", "cm", "settings-spec", "-n", namespace)
+    assert json.loads(cm["data"]["trainingjob.json"])["spec"]["workers"]["replicas"] == 2
+
+    s = status(cluster, namespace, "settings")
+    assert s["selector"] == "kubetrain.dev/job-name=settings"
+    assert s["workers"] == {"desired": 2, "active": 2, "ready": 2, "failed": 0}
+    assert s["worldSize"] == 4 and s["observedGeneration"] == 1 and s["startTime"]
+    assert condition(s, "Running")["status"] == "True" and condition(s, "Scheduled")["status"] == "True"
+    printed = cluster.kubectl("get", "tj", "settings", "-n", namespace).stdout.split("\n")[1].split()
+    assert printed[1:4] == ["Running", "2", "2"]
+    wait_for(lambda: {"WorkersCreated", "Running"} <= set(events(cluster, namespace, "settings")), 10, "Events")
+    assert "Running" in cluster.kubectl("describe", "tj", "settings", "-n", namespace).stdout
+
+
+def test_scale_up_and_down_keeps_survivors(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("elastic", workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4}))
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in wait_running(cluster, namespace, "elastic", 2)}
+    cluster.kubectl("scale", "tj/elastic", "-n", namespace, "--replicas=4")
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in wait_running(cluster, namespace, "elastic", 4)}
+    assert before.items() <= after.items()  # survivors not recreated
+    raw = cluster.kubectl("get", "--raw", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/elastic/scale")
+    scale = json.loads(raw.stdout)
+    assert scale["status"]["replicas"] == 4 and scale["status"]["selector"] == "kubetrain.dev/job-name=elastic"
+    cluster.kubectl("scale", "tj/elastic", "-n", namespace, "--replicas=1")
+    left = wait_running(cluster, namespace, "elastic", 1)
+    assert names(left) == ["elastic-worker-0-0-0"] and left[0]["metadata"]["uid"] == before["elastic-worker-0-0-0"]
+    s = status(cluster, namespace, "elastic")
+    assert s["restarts"]["rescale"] == 2 and s["restarts"]["failure"] == 0
+    assert events(cluster, namespace, "elastic").count("Scaled") == 2
+
+
+def test_failures_restart_with_backoff_until_the_limit(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("flaky", workers={"replicas": 2}, runPolicy={"backoffLimit": 2}))
+    ps = wait_running(cluster, namespace, "flaky", 2)
+    for attempt in (1, 2):
+        victim = names(ps)[1]
+        fail(cluster, namespace, victim, 1, "CollectiveTimeout", "rank 3 timed out")
+        failed_at = time.monotonic()
+        s = wait_phase(cluster, namespace, "flaky", "Restarting")
+        assert s["restarts"]["failure"] == attempt and s["restarts"]["total"] == attempt
+        assert s["restartGeneration"] == attempt and s["backoffUntil"]
+        assert s["lastFailure"]["pod"] == victim and s["lastFailure"]["exitCode"] == 1
+        assert s["lastFailure"]["reason"] == "CollectiveTimeout"
+        assert condition(s, "Running")["reason"] == "WorkerFailed"
+        ps = wait_running(cluster, namespace, "flaky", 2)
+        # the new generation, after the exponential backoff (1s, then 2s)
+        assert {p["metadata"]["labels"]["kubetrain.dev/restart-generation"] for p in ps} == {str(attempt)}
+        assert time.monotonic() - failed_at >= 2 ** (attempt - 1) - 0.5
+        kept = cluster.kubectl_json("get", "pod", victim, "-n", namespace)  # the failed pod stays for logs
+        assert kept["status"]["phase"] == "Failed"
+    fail(cluster, namespace, names(ps)[0], 137, message="OOMKilled")
+    s = wait_phase(cluster, namespace, "flaky", "Failed")
+    assert condition(s, "Failed")["reason"] == "BackoffLimitExceeded" and s["completionTime"]
+    assert s["restarts"]["failure"] == 2
+    wait_for(lambda: not pods(cluster, namespace, "flaky"), 20, "running pods cleaned (cleanPodPolicy Running)")
+    wait_for(lambda: events(cluster, namespace, "flaky").count("WorkerFailed") == 2
+             and "BackoffLimitExceeded" in events(cluster, namespace, "flaky"), 10, "Events")
+
+
+def test_preemption_exit_75_restarts_without_counting(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("preempt", workers={"replicas": 2}, runPolicy={"backoffLimit": 0}))
+    for attempt in (1, 2):
+        ps = wait_running(cluster, namespace, "preempt", 2)
+        fail(cluster, namespace, names(ps)[attempt % 2], 75, "Preempted", "checkpoint 40 committed")
+        wait_for(lambda a=attempt: status(cluster, namespace, "preempt").get("restartGeneration") == a, 20,
+                 "the preemption restart")
+    wait_running(cluster, namespace, "preempt", 2)
+    s = status(cluster, namespace, "preempt")
+    assert s["restarts"]["preemption"] == 2 and s["restarts"]["failure"] == 0 and s["phase"] == "Running"
+    assert events(cluster, namespace, "preempt").count("Preempted") == 2
+
+
+def test_permanent_exit_fails_at_once_with_the_message(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("broken", workers={"replicas": 2}, runPolicy={"backoffLimit": 5}))
+    ps = wait_running(cluster, namespace, "broken", 2)
+    fail(cluster, namespace, names(ps)[0], 65, "DataError", "shard 3 is truncated")
+    s = wait_phase(cluster, namespace, "broken", "Failed")
+    failed = condition(s, "Failed")
+    assert failed["reason"] == "DataError" and "shard 3 is truncated" in failed["message"]
+    assert s["restarts"]["total"] == 0 and s["lastFailure"]["exitCode"] == 65
+
+
+def test_lost_pod_is_replaced_without_waiting(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("lost", workers={"replicas": 2}))
+    ps = wait_running(cluster, namespace, "lost", 2)
+    victim = ps[1]
+    cluster.lose_node(victim["spec"]["nodeName"], wait=False)
+    time.sleep(1)  # KWOK lets go of the node
+    cluster.kubectl("delete", "pod", victim["metadata"]["name"], "-n", namespace, "--wait=false")
+    replacement = wait_for(
+        lambda: [p for p in pods(cluster, namespace, "lost") if p["metadata"]["name"] == "lost-worker-1-0-1"], 20,
+        "a replacement under a new name")
+    stuck = cluster.kubectl_json("get", "pod", victim["metadata"]["name"], "-n", namespace)
+    assert stuck["metadata"]["deletionTimestamp"]  # still Terminating: it was not waited for
+    assert replacement[0]["metadata"]["labels"]["kubetrain.dev/worker-index"] == "1"
+    assert status(cluster, namespace, "lost")["restarts"]["total"] == 0
+
+
+def test_operator_killed_mid_reconcile_repeatedly(cluster: Cluster, namespace: str, operator: Operator,
+                                                  operator_kubeconfig: Path, tmp_path: Path) -> None:
+    """SIGKILL the operator again and again in the middle of its passes while it creates,
+    restarts and scales a 12-worker gang (a pause before each API action makes a pass last
+    seconds): afterwards one pod per worker, the failure counted exactly once, no status lost."""
+    operator.stop()
+    rng = random.Random(7)
+    chaos = Operator(operator_kubeconfig, namespace, tmp_path / "chaos", extra=("--test-action-delay", "0.05"))
+    (tmp_path / "chaos").mkdir()
+    apply(cluster, namespace, tj("chaos", workers={"replicas": 12, "minReplicas": 1, "maxReplicas": 16},
+                                 runPolicy={"backoffLimit": 5}))
+    starts: set[str] = set()
+    partial = 0
+
+    def pod_names() -> set[str]:
+        listed = cluster.core.list_namespaced_pod(namespace, label_selector="kubetrain.dev/job-name=chaos")
+        return {p.metadata.name for p in listed.items if p.metadata.deletion_timestamp is None}
+
+    def chaos_round() -> None:
+        """Start the operator; once it has visibly begun acting, kill it a moment later."""
+        nonlocal partial
+        before = pod_names()
+        chaos.start(wait=False)
+        deadline = time.monotonic() + 8
+        while pod_names() == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        chaos.kill()
+        s = status(cluster, namespace, "chaos")
+        if s.get("startTime"):
+            starts.add(s["startTime"])
+        gen = str(s.get("restartGeneration", 0))
+        mine = [p for p in pods(cluster, namespace, "chaos")
+                if p["metadata"]["labels"]["kubetrain.dev/restart-generation"] == gen]
+        want = job(cluster, namespace, "chaos")["spec"]["workers"]["replicas"]
+        partial += 0 < len(mine) < want
+
+    for _ in range(3):
+        chaos_round()
+    chaos.start()
+    ps = wait_running(cluster, namespace, "chaos", 12)
+    chaos.kill()
+
+    fail(cluster, namespace, names(ps)[5], 1, "Crash", "segfault")
+    for _ in range(3):
+        chaos_round()
+    cluster.kubectl("scale", "tj/chaos", "-n", namespace, "--replicas=16")
+    for _ in range(2):
+        chaos_round()
+    chaos.start()
+    ps = wait_running(cluster, namespace, "chaos", 16, timeout=60)
+    chaos.stop()
+
+    s = status(cluster, namespace, "chaos")
+    assert s["restarts"]["failure"] == 1 and s["restartGeneration"] == 1
+    assert len(starts) == 1 and s["startTime"] in starts  # never reset
+    indexes = [p["metadata"]["labels"]["kubetrain.dev/worker-index"] for p in ps]
+    assert sorted(indexes, key=int) == [str(i) for i in range(16)]  # one live pod per worker
+    assert {p["metadata"]["labels"]["kubetrain.dev/restart-generation"] for p in ps} == {"1"}
+    assert partial >= 2, "the kills should have landed in the middle of passes"
+    assert "Traceback" not in chaos.logs()
+
+
+def test_suspend_and_resume(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("pause", workers={"replicas": 2}))
+    ps = wait_running(cluster, namespace, "pause", 2)
+    fail(cluster, namespace, names(ps)[0], 75, "Preempted", "")
+    wait_running(cluster, namespace, "pause", 2)
+    cluster.kubectl("patch", "tj/pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    s = wait_phase(cluster, namespace, "pause", "Suspended")
+    wait_for(lambda: not pods(cluster, namespace, "pause"), 20, "workers deleted")
+    assert condition(s, "Suspended")["status"] == "True" and condition(s, "Running")["reason"] == "Suspended"
+    assert s["restarts"]["preemption"] == 1  # status kept
+    cluster.kubectl("patch", "tj/pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    wait_running(cluster, namespace, "pause", 2)
+    s = status(cluster, namespace, "pause")
+    assert condition(s, "Suspended")["status"] == "False" and condition(s, "Suspended")["reason"] == "Resumed"
+    assert s["restarts"]["preemption"] == 1
+    assert {"Suspended", "Resumed"} <= set(events(cluster, namespace, "pause"))
+
+
+def test_delete_removes_everything(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    apply(cluster, namespace, tj("doomed", workers={"replicas": 3, "minReplicas": 1, "maxReplicas": 3}))
+    wait_running(cluster, namespace, "doomed", 3)
+    cluster.kubectl("delete", "tj", "doomed", "-n", namespace, "--wait=true", timeout=60)
+
+    def empty() -> bool:
+        left = cluster.kubectl_json("get", "pods,svc,cm", "-n", namespace, "-l", "kubetrain.dev/job-name=doomed")
+        return not left["items"]
+
+    wait_for(empty, 30, "pods, Service and ConfigMap garbage-collected")
+    # The operator's next passes for the vanished job are no-ops, not errors.
+    time.sleep(1)
+    assert "Traceback" not in operator.logs()
