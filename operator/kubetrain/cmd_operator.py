@@ -34,9 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
                         help="json: one structured object per line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    # Fault injection for the cluster tests (a pause before each API action): not for production.
+    parser.add_argument("--test-action-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before kopf and the kubernetes client are imported: both read it at import time.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
     from kubetrain import handlers
@@ -44,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
     kopf.configure(verbose=args.verbose, log_format=formats[args.log_format])
-    for noisy in ("urllib3", "kubernetes"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
-
+    # kopf logs every handled watch event ("Handler 'pod_event' succeeded") at INFO: noise here,
+    # the decisions are logged by the reconciler.
+    for noisy in ("urllib3", "kubernetes", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger("celpy").setLevel(logging.WARNING)  # validation's CEL interpreter traces every step
     rt = handlers.RUNTIME
     rt.settings = Settings(
         trainer_image=args.trainer_image,
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     )
     rt.concurrency = max(1, args.workers)
     rt.kubeconfig = args.kubeconfig
+    rt.action_delay = args.test_action_delay
     if args.metrics_port:
         rt.metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None

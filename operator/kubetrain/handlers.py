@@ -21,12 +21,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from kubetrain import GROUP, PLURAL, VERSION
 from kubetrain import names as n
+from kubetrain.conditions import rfc3339
 from kubetrain.kubeio import ApiError, Kube, load_client, merge_patch
 from kubetrain.observed import Observed, pod_view
 from kubetrain.operator_metrics import OperatorMetrics
@@ -62,6 +63,9 @@ class Runtime:
     retries: RetryDelays[Key] = field(default_factory=RetryDelays)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
     last_pass: float = field(default_factory=time.monotonic)
+    # Test-only fault injection: a pause before every action, so that the cluster tests can
+    # kill the operator in the middle of a pass rather than between passes.
+    action_delay: float = 0.0
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
 
 
@@ -94,10 +98,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     # The CRD is installed with the operator: no need to watch CRDs or namespaces (and no RBAC).
     settings.scanning.disabled = True
-    settings.posting.reporting_component = "kubetrain-operator"
-    settings.posting.event_name_prefix = "kubetrain-"
-    # Our Events are explicit (kopf.event); only kopf's own warnings go to Events besides.
-    settings.posting.level = logging.WARNING
+    # Decisions are posted as Events by the reconciler itself (kubeio.post_event); kopf's own
+    # messages stay in the log rather than cluttering `kubectl describe`.
+    settings.posting.enabled = False
     # Watches reconnect now and then even when the server keeps them open (lost-event insurance).
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -218,11 +221,7 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         rt.metrics.count_restarts(before, new_status.get("restarts") or {})
 
     events = list(decision.events) + await _act(rt, job, decision)
-    body = kopf.Body(cast(kopf.RawBody, obj))
-    for ev in events:
-        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
-        log.info("%s/%s %s: %s", namespace, name, ev.reason, ev.message,
-                 extra={"job": f"{namespace}/{name}", "reason": ev.reason})
+    await _tell(rt, obj, events)
 
     rt.metrics.job_phase(key, decision.status.phase)
     rt.metrics.reconcile_seconds.observe(time.perf_counter() - started)
@@ -231,20 +230,46 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     return rt.settings.resync_seconds if due is None else min(due, rt.settings.resync_seconds)
 
 
+async def _tell(rt: Runtime, obj: dict[str, Any], events: list[Event]) -> None:
+    """Post the pass's Events (and log them). An Event that cannot be posted is logged, never
+    retried: the decision it reports is already in the status."""
+    assert rt.kube is not None
+    meta = obj["metadata"]
+    now = rfc3339(rt.clock())
+    for ev in events:
+        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], ev.reason, ev.message,
+                 extra={"job": f"{meta['namespace']}/{meta['name']}", "reason": ev.reason, "type": ev.type})
+        try:
+            await asyncio.to_thread(rt.kube.post_event, obj, ev.type, ev.reason, ev.message, now)
+        except ApiError as e:
+            log.warning("could not post Event %s for %s/%s: %s", ev.reason, meta["namespace"], meta["name"], e)
+
+
 async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
-    """Execute the actions (creates in parallel); return the Events of those that took effect."""
+    """Execute the actions (in parallel per kind); return the Events of those that took effect."""
     assert rt.kube is not None
     kube = rt.kube
     events: list[Event] = []
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        if rt.action_delay:
+            await asyncio.sleep(rt.action_delay)
+        return await asyncio.to_thread(fn, *args)
+
+    async def each(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        if rt.action_delay:  # one at a time, so that a kill lands between two of them
+            return [await run(fn, *a) for a in args]
+        return list(await asyncio.gather(*(run(fn, *a) for a in args)))
+
     # Service and ConfigMap before pods: a pod must find its spec volume when it starts.
     for child in decision.actions:
         if isinstance(child, Create) and child.kind != "Pod":
-            await asyncio.to_thread(kube.create, child.manifest)
+            await run(kube.create, child.manifest)
         elif isinstance(child, UpdateConfigMap):
-            await asyncio.to_thread(kube.patch, child.manifest)
+            await run(kube.patch, child.manifest)
 
     deletes = [a for a in decision.actions if isinstance(a, DeletePod)]
-    gone = await asyncio.gather(*(asyncio.to_thread(kube.delete_pod, job.namespace, a.name) for a in deletes))
+    gone = await each(kube.delete_pod, [(job.namespace, a.name) for a in deletes])
     for a, took in zip(deletes, gone, strict=True):
         if took:
             rt.metrics.pods_deleted.inc()
@@ -252,12 +277,12 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
                 events.append(a.event)
 
     pods = decision.pods_to_create
-    made = await asyncio.gather(*(asyncio.to_thread(kube.create, a.manifest) for a in pods))
+    made = await each(kube.create, [(a.manifest,) for a in pods])
     created = [a.name for a, ok in zip(pods, made, strict=True) if ok]
     if created:
         rt.metrics.pods_created.inc(len(created))
         events.append(workers_created_event(created))
 
     if any(isinstance(a, DeleteJob) for a in decision.actions):
-        await asyncio.to_thread(kube.delete_job, job.namespace, job.name, job.uid)
+        await run(kube.delete_job, job.namespace, job.name, job.uid)
     return events

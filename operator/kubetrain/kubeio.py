@@ -8,6 +8,7 @@ these in threads. Every verb used here is listed in manifests/rbac.yaml, and not
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,8 @@ from kubetrain.observed import owned_by
 MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"
 TIMEOUT = 30
+EVENT_SOURCE = "kubetrain-operator"
+REPORTING_INSTANCE = socket.gethostname()[:128]
 
 
 class ApiError(Exception):
@@ -94,6 +97,29 @@ class Kube:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid},
                 "propagationPolicy": "Background"}
         return self._delete(self._job_path(namespace, name), body)
+
+    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
+        """A core/v1 Event about the job (what `kubectl describe tj` lists)."""
+        meta = job["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": job.get("apiVersion"), "kind": job.get("kind"), "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": REPORTING_INSTANCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.call("POST", f"/api/v1/namespaces/{_q(meta['namespace'])}/events", body)
 
     # ---------------------------------------------------------------- children
 

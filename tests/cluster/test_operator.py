@@ -379,7 +379,7 @@ def test_operator_killed_mid_reconcile_repeatedly(cluster: Cluster, namespace: s
         nonlocal partial
         before = pod_names()
         chaos.start(wait=False)
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 5
         while pod_names() == before and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
