@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         from .faults import Faults
         from .metrics import metrics_port
 
-        trainer = Trainer(cfg, ctx, run_dir, metrics_port=metrics_port(), faults=Faults.from_env())
+        trainer = Trainer(
+            cfg, ctx, run_dir, metrics_port=metrics_port(), faults=Faults.from_env(), keep_history=False
+        )
         summary = trainer.fit()
         if ctx.is_main:
             (run_dir / "summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")

@@ -69,6 +69,7 @@ class Trainer:
         metrics_port: int = 0,
         faults: Faults | None = None,
         callbacks: Sequence[Callback] = (),
+        keep_history: bool = True,
     ) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.run_dir = run_dir
@@ -84,6 +85,7 @@ class Trainer:
         self.precision = make_precision_plan(cfg.precision, cfg.parallel.strategy, ctx.device)
         if cfg.precision.dtype == "fp8":
             fp8.check_supported(ctx.device)
+        check_combination(cfg.parallel.strategy, cfg.precision.dtype)
         self.batch_plan = make_plan(t.global_batch_size, t.micro_batch_size, ctx.world_size, ctx.rank)
         try:
             self.schedule: LRSchedule = make_schedule(
@@ -98,7 +100,6 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         with torch.device(ctx.device):
             built = build_model(cfg.model)
-        check_combination(cfg.parallel.strategy, cfg.precision.dtype, ctx.world_size, built)
         if cfg.precision.dtype == "fp8":
             self.fp8_impl = fp8.convert(built.module)
         self.built = built
@@ -125,8 +126,11 @@ class Trainer:
         self.log: JsonlLog | None = None
         if run_dir is not None and ctx.is_main:
             self.log = JsonlLog(run_dir / "metrics.jsonl")
+        self.keep_history = keep_history  # every step record in memory (tests, benchmarks)
         self.history: list[dict[str, Any]] = []
+        self.last_record: dict[str, Any] | None = None
         self._last_sync: float | None = None
+        self._steady = [0, 0.0]  # steps after the first of this fit(), their summed step time
         if ctx.is_main:
             log.info(
                 "model %.2fM params, strategy %s, %s, world %d, global batch %d = %d x micro %d x accum %d",
@@ -249,7 +253,12 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _record(self, rec: dict[str, Any]) -> None:
-        self.history.append(rec)
+        if self.keep_history:
+            self.history.append(rec)
+        if self.last_record is not None:  # the first step of a fit() includes warm-up: leave it out
+            self._steady[0] += 1
+            self._steady[1] += rec["step_time"]
+        self.last_record = rec
         last = rec["step"] >= self.cfg.training.max_steps
         if rec["step"] % self.cfg.training.log_every == 0 or last or "eval_loss" in rec:
             if self.log is not None:
@@ -271,22 +280,21 @@ class Trainer:
                 rec["eval_loss"] = eval_loss
             self._record(rec)
         wall = monotonic() - start
-        steady = self.history[1:] or self.history
-        tps = [r["tokens_per_s"] for r in steady]
-        mfus = [r["mfu"] for r in steady if r["mfu"] is not None]
-        summary = Summary(
+        n, total = self._steady
+        tps, mfu = self.throughput.measure(total / n) if n else (None, None)
+        last = self.last_record
+        return Summary(
             steps=self.step,
             applied_steps=self.applied_steps,
             skipped_steps=int(self.precision.scaler.skipped_steps),
-            final_loss=self.history[-1]["loss"] if self.history else None,
+            final_loss=last["loss"] if last else None,
             eval_loss=eval_loss,
-            tokens_per_s=sum(tps) / len(tps) if tps else None,
-            mfu=sum(mfus) / len(mfus) if mfus else None,
+            tokens_per_s=tps,
+            mfu=mfu,
             wall_time_s=wall,
             world_size=self.ctx.world_size,
             history=self.history,
         )
-        return summary
 
     # ------------------------------------------------------------------ checkpoint hooks
 

@@ -80,10 +80,8 @@ class Parallelized:
             torch._foreach_mul_(local, coef.to(local[0].device))
 
 
-def check_combination(strategy: str, precision: str, world_size: int, built: BuiltModel) -> None:
-    if strategy in FSDP_STRATEGIES and not built.blocks:
-        # Still valid (root-only sharding), but say it once so users know why memory is high.
-        pass
+def check_combination(strategy: str, precision: str) -> None:
+    """Combinations that cannot work whatever the hardware (spec-only ones live in config)."""
     if precision == "fp8" and strategy == "zero1":
         raise SpecError(
             "precision.dtype fp8 with parallelism.strategy zero1 is not supported "
