@@ -102,3 +102,14 @@ def test_loader_prefetches_and_surfaces_errors() -> None:
             loader.step_batch(3)
     finally:
         loader.close()
+
+
+def test_prepare_data_imports_without_torch() -> None:
+    """`kubetrain prepare-data` runs where torch may be absent: the data package needs only numpy."""
+    import subprocess
+    import sys
+
+    from .harness import base_env
+
+    code = "import sys; from kubetrain_trainer.data import prepare_data, make_plan; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], env=base_env(), check=True, timeout=60)
