@@ -14,14 +14,16 @@ still pointed at annotations so nothing ever lands in the pruned `status.kopf`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -48,6 +50,8 @@ from kubetrain.workqueue import QueueClosed, RetryDelays, WorkQueue
 
 log = logging.getLogger("kubetrain.operator")
 Key = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
+API_THREADS = 32
 
 
 @dataclass
@@ -66,18 +70,30 @@ class Runtime:
     # Test-only fault injection: a pause before every action, so that the cluster tests can
     # kill the operator in the middle of a pass rather than between passes.
     action_delay: float = 0.0
+    # API calls block (the kubernetes client is synchronous): a pool of their own, sized for a
+    # 64-worker gang's creates in parallel rather than asyncio's default of CPUs + 4.
+    executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube-api"))
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
 
 
 RUNTIME = Runtime()
 
 
+async def blocking(rt: Runtime, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(rt.executor, fn, *args)
+
+
 # ------------------------------------------------------------------------------ validation
+
+
+_VALIDATION = threading.Lock()  # validation runs in the API threads; the CEL interpreter is not ours to trust
 
 
 @functools.lru_cache(maxsize=4096)
 def _problems(uid: str, generation: int, document: str) -> tuple[str, ...]:
-    return spec_problems(json.loads(document))
+    with _VALIDATION:
+        return spec_problems(json.loads(document))
 
 
 def problems_of(obj: dict[str, Any]) -> tuple[str, ...]:
@@ -106,7 +122,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
 
     rt = RUNTIME
-    rt.kube = Kube(load_client(rt.kubeconfig))
+    rt.kube = Kube(load_client(rt.kubeconfig, pool=API_THREADS))
+    # Warm the validator (CEL programs compile on first use) before the first job waits on it.
+    await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
+                                     "metadata": {"name": "warm-up", "uid": "warm-up"}, "spec": {}})
     rt.queue = WorkQueue()
     rt.workers = [asyncio.create_task(_worker(rt), name=f"reconcile-worker-{i}") for i in range(rt.concurrency)]
     log.info("reconcile workers started", extra={"workers": rt.concurrency})
@@ -122,6 +141,7 @@ async def cleanup(**_: Any) -> None:
         _done, still = await asyncio.wait(rt.workers, timeout=20)
         for task in still:
             task.cancel()
+    rt.executor.shutdown(wait=False, cancel_futures=True)
     log.info("reconcile workers stopped")
 
 
@@ -194,16 +214,16 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     assert rt.kube is not None
     kube, (namespace, name) = rt.kube, key
     started = time.perf_counter()
-    obj = await asyncio.to_thread(kube.get_job, namespace, name)
+    obj = await blocking(rt, kube.get_job, namespace, name)
     if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
         rt.metrics.job_phase(key, None)
         return None  # deletion: owner references take the children with it
 
-    job = Job.from_object(obj, problems_of(obj))
+    job = Job.from_object(obj, await blocking(rt, problems_of, obj))
     pods, service, config_map = await asyncio.gather(
-        asyncio.to_thread(kube.list_pods, namespace, name, job.uid),
-        asyncio.to_thread(kube.get, "Service", namespace, n.service_name(name)),
-        asyncio.to_thread(kube.get, "ConfigMap", namespace, n.config_map_name(name)),
+        blocking(rt, kube.list_pods, namespace, name, job.uid),
+        blocking(rt, kube.get, "Service", namespace, n.service_name(name)),
+        blocking(rt, kube.get, "ConfigMap", namespace, n.config_map_name(name)),
     )
     cm_hash = None
     if config_map is not None:
@@ -216,7 +236,7 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     if new_status != old_status:
         patch = merge_patch(old_status, new_status)
-        await asyncio.to_thread(kube.patch_job_status, namespace, name, obj["metadata"]["resourceVersion"], patch)
+        await blocking(rt, kube.patch_job_status, namespace, name, obj["metadata"]["resourceVersion"], patch)
         before = (old_status.get("restarts") or {})
         rt.metrics.count_restarts(before, new_status.get("restarts") or {})
 
@@ -240,7 +260,7 @@ async def _tell(rt: Runtime, obj: dict[str, Any], events: list[Event]) -> None:
         log.info("%s/%s %s: %s", meta["namespace"], meta["name"], ev.reason, ev.message,
                  extra={"job": f"{meta['namespace']}/{meta['name']}", "reason": ev.reason, "type": ev.type})
         try:
-            await asyncio.to_thread(rt.kube.post_event, obj, ev.type, ev.reason, ev.message, now)
+            await blocking(rt, rt.kube.post_event, obj, ev.type, ev.reason, ev.message, now)
         except ApiError as e:
             log.warning("could not post Event %s for %s/%s: %s", ev.reason, meta["namespace"], meta["name"], e)
 
@@ -254,7 +274,7 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         if rt.action_delay:
             await asyncio.sleep(rt.action_delay)
-        return await asyncio.to_thread(fn, *args)
+        return await blocking(rt, fn, *args)
 
     async def each(fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
         if rt.action_delay:  # one at a time, so that a kill lands between two of them

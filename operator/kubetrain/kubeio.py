@@ -34,17 +34,23 @@ class ApiError(Exception):
         super().__init__(f"{status}: {self.message}")
 
 
-def load_client(kubeconfig: str | None = None) -> Any:
-    """An ApiClient: in-cluster credentials when running in a pod, else the kubeconfig."""
+def load_client(kubeconfig: str | None = None, pool: int = 32) -> Any:
+    """An ApiClient: in-cluster credentials when running in a pod, else the kubeconfig; with
+    `pool` connections so that parallel calls do not queue for one."""
     from kubernetes import client, config
 
+    configuration = client.Configuration()
+    loaded = False
     if kubeconfig is None:
         try:
-            config.load_incluster_config()
-            return client.ApiClient()
+            config.load_incluster_config(client_configuration=configuration)
+            loaded = True
         except config.ConfigException:
             pass
-    return config.new_client_from_config(config_file=kubeconfig)
+    if not loaded:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
 
 
 def _q(part: str) -> str:

@@ -79,15 +79,16 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.health = 0
+        self.metrics = 0
 
     def start(self, wait: bool = True) -> None:
         self.starts += 1
-        self.health = _free_port()
+        self.health, self.metrics = _free_port(), _free_port()
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetrain", "operator", "--namespace", self.namespace,
-             "--kubeconfig", str(self.kubeconfig), "--metrics-port", str(_free_port()),
+             "--kubeconfig", str(self.kubeconfig), "--metrics-port", str(self.metrics),
              "--health-port", str(self.health), "--bind-address", "127.0.0.1",
              "--backoff-base-seconds", "1", "--backoff-max-seconds", "4", "--resync-seconds", "5",
              "--log-format", "json", "--trainer-image", "kubetrain/trainer:test", *self.extra],
@@ -105,6 +106,12 @@ class Operator:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def scrape(self) -> dict[str, float]:
+        """The operator's Prometheus metrics, name{labels} -> value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+        return {k: float(v) for k, _, v in (line.rpartition(" ") for line in lines if not line.startswith("#"))}
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no graceful anything."""
@@ -270,6 +277,32 @@ def test_apply_creates_workers_with_env_and_settings(cluster: Cluster, namespace
     assert printed[1:4] == ["Running", "2", "2"]
     wait_for(lambda: {"WorkersCreated", "Running"} <= set(events(cluster, namespace, "settings")), 10, "Events")
     assert "Running" in cluster.kubectl("describe", "tj", "settings", "-n", namespace).stdout
+    m = operator.scrape()
+    assert m['kubetrain_jobs{phase="Running"}'] == 1 and m["kubetrain_pods_created_total"] == 2
+    assert m["kubetrain_reconcile_duration_seconds_count"] >= 1
+
+
+def test_success_cleans_running_pods_and_ttl_deletes_the_job(cluster: Cluster, namespace: str,
+                                                               operator: Operator) -> None:
+    apply(cluster, namespace, tj("done", workers={"replicas": 3, "minReplicas": 1, "maxReplicas": 3},
+                                 runPolicy={"ttlSecondsAfterFinished": 3}))
+    ps = wait_running(cluster, namespace, "done", 3)
+    cluster.terminate_pod(namespace, names(ps)[0], 0)
+    s = wait_phase(cluster, namespace, "done", "Succeeded")
+    assert condition(s, "Succeeded")["reason"] == "Completed" and s["completionTime"]
+    wait_for(lambda: not pods(cluster, namespace, "done"), 20, "the other workers cleaned (cleanPodPolicy Running)")
+    wait_for(lambda: cluster.kubectl("get", "tj", "done", "-n", namespace, check=False).returncode != 0, 30,
+             "the job deleted after its TTL")
+
+
+def test_invalid_spec_fails_without_pods(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    # The CRD cannot judge a DeepSpeed config; the operator does, before creating anything.
+    apply(cluster, namespace, tj("bad", workers={"replicas": 2}, deepspeed={"zero_optimization": {"stage": 7}}))
+    s = wait_phase(cluster, namespace, "bad", "Failed")
+    failed = condition(s, "Failed")
+    assert failed["reason"] == "InvalidSpec" and "zero_optimization.stage" in failed["message"]
+    assert pods(cluster, namespace, "bad", live=False) == []
+    wait_for(lambda: "InvalidSpec" in events(cluster, namespace, "bad"), 10, "the InvalidSpec Event")
 
 
 def test_scale_up_and_down_keeps_survivors(cluster: Cluster, namespace: str, operator: Operator) -> None:

@@ -4,6 +4,7 @@ the status write and the actions, and replays)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from kubetrain import names as n
 from kubetrain.builders import build_config_map
+from kubetrain.kubeio import merge_patch
 from kubetrain.observed import Observed, PodView, pod_view
 from kubetrain.reconcile import (
     Create,
@@ -24,6 +26,7 @@ from kubetrain.reconcile import (
     backoff_seconds,
     reconcile,
 )
+from kubetrain.workqueue import RetryDelays, WorkQueue
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 SETTINGS = Settings(trainer_image="trainer:test", backoff_base_seconds=10, backoff_max_seconds=60)
@@ -542,3 +545,53 @@ def test_scenario_suspend_and_resume_keep_status() -> None:
     sim.step()
     assert sim.status["phase"] == "Running" and sim.counter("preemption") == 1
     assert sim.events.count("Suspended") == 1 and sim.events.count("Resumed") == 1
+
+
+# ------------------------------------------------------- the handlers' plumbing (pure parts)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "patch"),
+    [
+        ({"phase": "Running"}, {"phase": "Running"}, {}),
+        ({"phase": "Running", "backoffUntil": "t"}, {"phase": "Restarting"}, {"phase": "Restarting",
+                                                                           "backoffUntil": None}),
+        ({"workers": {"desired": 2, "ready": 2}}, {"workers": {"desired": 3, "ready": 2}}, {"workers": {"desired": 3}}),
+        ({"conditions": [{"type": "Running"}]}, {"conditions": []}, {"conditions": []}),
+        ({}, {"restarts": {"total": 1}}, {"restarts": {"total": 1}}),
+    ],
+)
+def test_status_merge_patch(old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]) -> None:
+    assert merge_patch(old, new) == patch
+
+
+def test_work_queue_never_hands_out_a_key_twice_at_once_and_loses_no_add() -> None:
+    async def scenario() -> list[str]:
+        q: WorkQueue[str] = WorkQueue()
+        q.add("a")
+        q.add("a")  # deduplicated while queued
+        q.add("b")
+        assert len(q) == 2
+        first = await q.get()
+        q.add(first)  # added while in work: handed out again only after done()
+        second = await q.get()
+        assert second != first and len(q) == 0
+        q.done(second)
+        q.done(first)
+        third = await q.get()
+        q.done(third)
+        q.add_after("c", 0.05)
+        q.add_after("c", 10)  # a later time does not postpone the earlier one
+        fourth = await asyncio.wait_for(q.get(), 2)
+        q.done(fourth)
+        q.close()
+        return [first, second, third, fourth]
+
+    assert asyncio.run(scenario()) == ["a", "b", "a", "c"]
+
+
+def test_retry_delays_grow_and_reset() -> None:
+    r: RetryDelays[str] = RetryDelays(base=0.5, cap=4)
+    assert [r.next("k") for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    r.reset("k")
+    assert r.next("k") == 0.5
