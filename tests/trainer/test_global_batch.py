@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubetrain_trainer.data import prepare_data
 
 from .harness import launch
