@@ -82,3 +82,29 @@ def test_fp8_fallback_matmul_matches_bf16() -> None:
     assert ((lin.weight.grad - ref.weight.grad).norm() / ref.weight.grad.norm()).item() < 0.15
     assert xr.grad is not None
     assert ((x.grad - xr.grad).norm() / xr.grad.norm()).item() < 0.15
+
+
+def test_fp8_training_path_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole fp8 path (Linear swap + bf16 autocast + scaled_mm) on CPU, with the GPU check
+    bypassed: a 1-process ddp run needs no process group."""
+    from kubetrain_trainer import config, engine
+    from kubetrain_trainer.distributed import DistContext
+
+    monkeypatch.setattr(fp8, "check_supported", lambda device: None)
+    ctx = DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo")
+    spec = {"training": {"maxSteps": 12, "globalBatchSize": 8}, "optimizer": {"lr": 3e-3}}
+    losses = {}
+    for dtype in ("bf16", "fp8"):
+        trainer = engine.Trainer(config.from_spec({**spec, "precision": {"dtype": dtype}}), ctx, None)
+        try:
+            losses[dtype] = [h["loss"] for h in trainer.fit().history]
+        finally:
+            trainer.close()
+        if dtype == "fp8":
+            assert trainer.fp8_impl in ("torchao", "scaled_mm")
+            gpt = trainer.built.module
+            assert isinstance(gpt, GPT)
+            fc = gpt.blocks[0].mlp.fc  # type: ignore[union-attr]
+            assert isinstance(fc, fp8.Float8Linear) or trainer.fp8_impl == "torchao"
+    assert losses["fp8"][-1] < losses["fp8"][0] - 0.5
+    assert losses["fp8"] == pytest.approx(losses["bf16"], rel=2e-2)

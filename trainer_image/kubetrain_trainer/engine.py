@@ -247,7 +247,8 @@ class Trainer:
             x, y = self.loader.eval_batch(i)
             with self.precision.autocast():
                 total += self.built.loss_fn(self.par.module(x), y).float()
-        dist.all_reduce(total)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(total)
         return float(total.item()) / (n * self.ctx.world_size)
 
     # ------------------------------------------------------------------ loop
