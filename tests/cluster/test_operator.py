@@ -224,6 +224,8 @@ def fail(cluster: Cluster, namespace: str, pod: str, code: int, reason: str = ""
 
 
 def test_apply_creates_workers_with_env_and_settings(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    # The worker pods pass the "restricted" Pod Security Standard (admission enforces it).
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     apply(cluster, namespace, tj(
         "settings",
         workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 3, "gpusPerWorker": 2,
