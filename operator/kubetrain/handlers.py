@@ -150,7 +150,7 @@ def probe(**_: Any) -> dict[str, Any]:
     """Liveness: the workers are alive. (Idle is fine: a quiet cluster has no passes.)"""
     rt = RUNTIME
     dead = [t.get_name() for t in rt.workers if t.done()]
-    if dead and rt.queue is not None and not rt.queue._closed:
+    if dead and rt.queue is not None and not rt.queue.closed:
         raise RuntimeError(f"reconcile workers died: {dead}")
     return {"queued": len(rt.queue or ()), "secondsSinceLastPass": round(time.monotonic() - rt.last_pass, 1)}
 

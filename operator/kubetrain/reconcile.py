@@ -13,7 +13,27 @@ counted again. Losing single pods (deleted, evicted, node gone) and elastic scal
 [min, max] replace or add/remove just those workers: survivors are never recreated.
 
 Phases: Pending → Running ⇄ Restarting → Succeeded | Failed, and Suspended from any
-non-terminal phase. Every decision sets a condition reason and emits an Event (see DECISIONS).
+non-terminal phase. Every decision sets a condition reason and emits an Event:
+
+  what happened                     phase        condition (status, reason)           Event
+  workers created / replaced        -            -                                    WorkersCreated
+  >= minReplicas workers Running    Running      Running (True, Running)              Running
+  a worker cannot be placed         -            Scheduled (False, Unschedulable)     Warning Unschedulable
+  replicas changed within [min,max] -            -                                    Scaled (restarts.rescale)
+  --nnodes changed (min/max edited) Restarting   Running (False, Rescaled)            Rescaled (restarts.rescale)
+  pod evicted / node lost           -            -                                    Warning WorkerLost
+  exit other than 0/64/65/75        Restarting   Running (False, WorkerFailed)        Warning WorkerFailed
+  ... backoffLimit already used     Failed       Failed (True, BackoffLimitExceeded)  Warning BackoffLimitExceeded
+  exit 75 (preempted)               Restarting   Running (False, Preempted)           Preempted (not counted)
+  exit 64 / 65                      Failed       Failed (True, <trainer's reason>)    Warning <same reason>
+  fewer than minReplicas running    Restarting   Running (False, BelowMinReplicas)    Warning BelowMinReplicas
+  ... for belowMinTimeoutSeconds    Failed       Failed (True, BelowMinReplicas)      Warning BelowMinReplicas
+  activeDeadlineSeconds passed      Failed       Failed (True, DeadlineExceeded)      Warning DeadlineExceeded
+  a worker exits 0                  Succeeded    Succeeded (True, Completed)          Completed
+  spec.runPolicy.suspend: true      Suspended    Suspended (True, Suspended)          Suspended
+  ... set back to false             Pending      Suspended (False, Resumed)           Resumed
+  ttlSecondsAfterFinished passed    (deleted)    -                                    TTLExpired
+  spec invalid (e.g. DeepSpeed)     Failed       Failed (True, InvalidSpec)           Warning InvalidSpec
 """
 
 from __future__ import annotations
@@ -236,8 +256,7 @@ class _Pass:
         self.st.restarts = self.restarts
         self.st.observed_generation = self.job.generation
         self.st.selector = n.selector(self.job.name)
-        if self.st.restart_generation is not None or self.gen:
-            self.st.restart_generation = self.gen
+        self.st.restart_generation = self.gen
         future = [t for t in self.wake if t > self.now]
         due = [t for t in self.wake if t <= self.now]
         requeue = 0.0 if due else (min(future) - self.now).total_seconds() if future else None
@@ -539,22 +558,28 @@ class _Pass:
         return self.decision()
 
     def below_min(self, spec: api.TrainingJobSpec, running: int) -> Decision:
-        """Fewer than minReplicas run after the job ran: wait for replacements, at most
-        belowMinTimeoutSeconds."""
+        """Fewer than minReplicas run after the job ran: wait for them, at most
+        belowMinTimeoutSeconds. Also after a gang restart (once its backoff is over), so that a
+        job whose new workers never start cannot sit in Restarting forever; but the Warning is
+        only for a drop from Running: a restarting gang is expected to be short of workers."""
         w, timeout = spec.workers, spec.elastic.below_min_timeout_seconds
         since = c.parse_time(self.st.below_min_since)
+        dropped = self.old.phase == "Running"
         if since is None:
             since = self.now
             self.st.below_min_since = c.rfc3339(self.now)
-            self.event("Warning", R_BELOW_MIN,
-                       f"only {running} of at least {w.min} workers running; waiting up to {timeout}s for them")
+            if dropped:
+                self.event("Warning", R_BELOW_MIN,
+                           f"only {running} of at least {w.min} workers running; waiting up to {timeout}s for them")
         expiry = since + dt.timedelta(seconds=timeout)
         if self.now >= expiry:
             return self.finish(False, R_BELOW_MIN,
                                f"fewer than minReplicas ({w.min}) workers ran for {timeout}s (belowMinTimeoutSeconds)")
         self.at(expiry)
         self.st.phase = "Restarting"
-        self.cond(c.RUNNING, False, R_BELOW_MIN, f"only {running} of at least {w.min} workers running")
+        before = c.get(self.conds, c.RUNNING)
+        if dropped or before is None or before.status == "True" or before.reason == R_BELOW_MIN:
+            self.cond(c.RUNNING, False, R_BELOW_MIN, f"only {running} of at least {w.min} workers running")
         return self.decision()
 
     def scheduled(self, cur: list[PodView], minimum: int, desired: int) -> None:

@@ -28,6 +28,10 @@ class WorkQueue(Generic[K]):
         return len(self._ready)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def processing(self) -> int:
         return len(self._processing)
 

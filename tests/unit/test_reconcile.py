@@ -209,6 +209,16 @@ CASES: list[Case] = [
          status=running_status(phase="Restarting", belowMinSince=ts(0)), at=60, phase="Failed",
          events=["BelowMinReplicas"], conditions={"Failed": ("True", "BelowMinReplicas")},
          delete=[name(0), name(1, inc=1)]),
+    Case("after a restart's backoff the timer runs silently, the restart's reason kept",
+         {**TWO, "elastic": {"belowMinTimeoutSeconds": 60}}, pods=[pod(0, 1, phase="Pending"), pod(1, 1, phase="Pending")],
+         status=running_status(phase="Restarting", restartGeneration=1, conditions=[
+             {"type": "Running", "status": "False", "reason": "WorkerFailed", "message": "", "lastTransitionTime": ts(-5)}]),
+         phase="Restarting", events=[], conditions={"Running": ("False", "WorkerFailed")}, requeue=60.0,
+         status_has={"belowMinSince": ts(0)}),
+    Case("new workers that never start: Failed BelowMinReplicas", {**TWO, "elastic": {"belowMinTimeoutSeconds": 60}},
+         pods=[pod(0, 1, phase="Pending"), pod(1, 1, phase="Pending")],
+         status=running_status(phase="Restarting", restartGeneration=1, belowMinSince=ts(-60)), phase="Failed",
+         conditions={"Failed": ("True", "BelowMinReplicas")}),
     Case("back to minReplicas: Running again, timer cleared", TWO, pods=[pod(0), pod(1, inc=1)],
          status=running_status(phase="Restarting", belowMinSince=ts(0)), at=30, phase="Running",
          events=["Running"], status_has={"belowMinSince": None}),
@@ -457,6 +467,7 @@ def test_scenario_failures_back_off_exponentially_until_the_limit() -> None:
     assert sim.status["conditions"][-1]["reason"] == "BackoffLimitExceeded"
     assert sim.counter("failure") == 2
     assert sim.events.count("WorkerFailed") == 2 and sim.events.count("BackoffLimitExceeded") == 1
+    assert "BelowMinReplicas" not in sim.events  # restarting gangs are short of workers by design
 
 
 def test_scenario_preemptions_never_exhaust_the_backoff_limit() -> None:
