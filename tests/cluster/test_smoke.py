@@ -53,8 +53,8 @@ def test_gpu_nodes(cluster: Cluster) -> None:
     assert len(items) == cluster.node_count
     for node in items:
         assert node["status"]["allocatable"][nodes.GPU] == str(nodes.GPUS_PER_NODE)
-        cidr = ipaddress.ip_network(node["spec"]["podCIDR"])
-        assert cidr.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+        cidr = ipaddress.IPv4Network(node["spec"]["podCIDR"])
+        assert cidr.subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
 
 
 def test_deployment_pods_run_on_kwok_nodes(cluster: Cluster, namespace: str) -> None:
@@ -95,6 +95,16 @@ def test_scheduler_counts_gpus(cluster: Cluster, namespace: str) -> None:
     wait_for(unschedulable, 30, "too-big Unschedulable")
     events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=too-big")["items"]
     assert any(e["reason"] == "FailedScheduling" and "nvidia.com/gpu" in e["message"] for e in events)
+
+
+def test_stay_pending_annotation(cluster: Cluster, namespace: str) -> None:
+    held = pod("held")
+    held["metadata"]["annotations"] = {"kwok.kubetrain.dev/stay-pending": "true"}
+    apply(cluster, namespace, held, pod("free"))
+    wait_for(lambda: get(cluster, namespace, "pod/free")["status"].get("phase") == "Running", 30, "free Running")
+    p = get(cluster, namespace, "pod/held")
+    assert p["spec"].get("nodeName", "").startswith("kwok-node-")
+    assert p["status"]["phase"] == "Pending"
 
 
 def test_deleting_owner_collects_children(cluster: Cluster, namespace: str) -> None:
