@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("kubetrain.cmd_validate", "validate TrainingJob files offline (models + CEL rules)"),
     "local": ("kubetrain.cmd_local", "train a TrainingJob on this machine (the pods' launcher, loopback rendezvous)"),
     "plot": ("kubetrain.cmd_plot", "plot loss, learning rate and throughput of a run directory"),
+    "prepare-data": ("kubetrain.cmd_prepare_data", "turn text files into token shards (byte-level) for data.type tokens"),
     "operator": ("kubetrain.cmd_operator", "run the TrainingJob operator (kopf) in the foreground"),
     "plan": ("kubetrain.cmd_plan", "estimate parameters, per-GPU memory, FLOPs and step time; suggest what fits"),
     "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),

@@ -63,7 +63,7 @@ def test_bad_yaml_exits_64_without_workers(tmp_path: Path) -> None:
                                    "metadata": {"name": "b"}, "spec": {"workers": {"replicas": 2, "maxReplicas": 1}}}))
     run_dir = tmp_path / "run"
     proc = local(str(bad), "--run-dir", str(run_dir))
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 64
     assert "spec.workers.replicas: replicas must be <= maxReplicas" in err
     assert not run_dir.exists(), "no worker may start for an invalid spec"
@@ -92,3 +92,22 @@ def test_ctrl_c_checkpoints_and_rerun_resumes(tmp_path: Path) -> None:
     steps = steps_in(run_dir)
     # The re-run starts right after the checkpoint taken at the stop: no step lost or repeated.
     assert steps[-3:] == [stopped_at + 1, stopped_at + 2, stopped_at + 3], steps
+
+
+def test_prepare_data_then_train_on_shards(tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    shards = tmp_path / "shards"
+    done = subprocess.run([sys.executable, "-m", "kubetrain", "prepare-data", str(text), "--out", str(shards)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((shards / "metadata.json").read_text())
+    assert meta["num_tokens"] == len(text.read_bytes())
+    job = write_job(tmp_path, 3)
+    spec = yaml.safe_load(job.read_text())
+    spec["spec"]["data"] = {"type": "tokens", "path": str(shards)}
+    job.write_text(yaml.safe_dump(spec))
+    proc = local(str(job), "--run-dir", str(tmp_path / "run"))
+    _out, err = proc.communicate(timeout=280)
+    assert proc.returncode == 0, err
+    assert steps_in(tmp_path / "run") == [1, 2, 3]
