@@ -71,10 +71,23 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Settings of the communication-light sync modes (``spec.parallelism.sync``; see ``sync.py``)."""
+
+    local_sgd_sync_every: int = 8
+    diloco_sync_every: int = 100
+    diloco_outer_lr: float = 0.7
+    diloco_outer_momentum: float = 0.9
+    power_sgd_rank: int = 1
+    power_sgd_start_step: int = 10
+
+
+@dataclass(frozen=True)
 class ParallelConfig:
     strategy: str = "ddp"
     sync_mode: str = "allreduce"
     tensor_parallel: int = 1
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 @dataclass(frozen=True)
@@ -289,12 +302,28 @@ def _training(r: _Reader) -> TrainingConfig:
 
 
 def _parallel(r: _Reader) -> ParallelConfig:
-    sync = r.raw("sync", {})
-    sync_mode = _Reader(f"{r.path}.sync", sync).str_("mode", "allreduce", SYNC_MODES)
+    sync = r.sub("sync")
+    sync_mode = sync.str_("mode", "allreduce", SYNC_MODES)
+    # The settings objects are siblings of mode (snake_case spellings accepted like everywhere).
+    local, diloco, power = (
+        _Reader(f"{sync.path}.{k}", sync.raw(k, sync.raw(alt, {})))
+        for k, alt in (("localSGD", "local_sgd"), ("diloco", "diloco"), ("powerSGD", "power_sgd"))
+    )
+    settings = SyncConfig(
+        local_sgd_sync_every=local.int_("syncEvery", 8, minimum=1),
+        diloco_sync_every=diloco.int_("syncEvery", 100, minimum=1),
+        diloco_outer_lr=diloco.float_("outerLr", 0.7, minimum=0.0),
+        diloco_outer_momentum=diloco.float_("outerMomentum", 0.9, minimum=0.0),
+        power_sgd_rank=power.int_("rank", 1, minimum=1),
+        power_sgd_start_step=power.int_("startStep", 10, minimum=0),
+    )
+    if settings.diloco_outer_momentum >= 1.0:
+        raise SpecError(f"{diloco.path}.outerMomentum must be < 1, got {settings.diloco_outer_momentum}")
     return ParallelConfig(
         strategy=r.str_("strategy", "ddp", STRATEGIES),
         sync_mode=sync_mode,
         tensor_parallel=r.int_("tensorParallel", 1, minimum=1),
+        sync=settings,
     )
 
 
@@ -375,10 +404,16 @@ def check_static(cfg: JobConfig) -> None:
     """Combinations that are impossible whatever the world size or hardware."""
     if cfg.parallel.tensor_parallel != 1:
         raise SpecError("spec.parallelism.tensorParallel > 1 is not supported by this trainer yet (use 1)")
-    if cfg.parallel.sync_mode != "allreduce":
+    if cfg.parallel.sync_mode != "allreduce" and cfg.parallel.strategy != "ddp":
         raise SpecError(
-            f"spec.parallelism.sync.mode {cfg.parallel.sync_mode} is not supported by this trainer yet "
-            "(use allreduce)"
+            f"spec.parallelism.sync.mode {cfg.parallel.sync_mode} replicates the model: it needs "
+            f"spec.parallelism.strategy ddp, not {cfg.parallel.strategy}"
+        )
+    if cfg.parallel.sync_mode == "powerSGD" and cfg.parallel.sync.power_sgd_start_step < 2:
+        raise SpecError(
+            "spec.parallelism.sync.powerSGD.startStep must be >= 2, got "
+            f"{cfg.parallel.sync.power_sgd_start_step}: torch's PowerSGD hook (error feedback and warm "
+            "start on) can compress only after DDP's first two iterations, which rebuild its buckets"
         )
     if cfg.precision.dtype != "fp16" and cfg.precision.loss_scale not in (0.0,):
         raise SpecError(f"spec.precision.lossScale applies to fp16 only (dtype is {cfg.precision.dtype})")

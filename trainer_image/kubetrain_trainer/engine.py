@@ -39,6 +39,7 @@ from .models import build_model
 from .optim import build_optimizer, set_lr
 from .parallel import check_combination, parallelize
 from .precision import make_plan as make_precision_plan
+from .sync import make_syncer, replicate_only
 
 log = logging.getLogger("kubetrain_trainer")
 
@@ -106,8 +107,11 @@ class Trainer:
         self.par = parallelize(
             built, cfg.parallel.strategy, self.precision, ctx,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile,
+            replicate_only=replicate_only(cfg.parallel.sync_mode),
         )
         self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
+        # How replicas stay in sync (sync.py); its state_dict() is part of the resume state.
+        self.syncer = make_syncer(cfg.parallel, self.par, ctx, self.precision, self.batch_plan.accum_steps)
         torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
 
         self.loader = Loader(corpus, self.batch_plan, ctx.device)
@@ -170,6 +174,7 @@ class Trainer:
         t0 = monotonic()
         batch = self.loader.step_batch(self.step)
         data_time = monotonic() - t0
+        self.syncer.before_step()
         self.par.module.train()
         scaler = self.precision.scaler
         scale = float(scaler.scale)
@@ -205,6 +210,7 @@ class Trainer:
             self.applied_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        comm_bytes = self.syncer.after_step(self.step, bool(skip))
         tps, mfu = self.throughput.measure(step_time)
         return {
             "step": self.step,
@@ -220,6 +226,7 @@ class Trainer:
             "data_time": data_time,
             "peak_mem": peak_memory_bytes(self.ctx.device),
             "world_size": self.ctx.world_size,
+            "comm_bytes": comm_bytes,
         }
 
     def _check_non_finite(self, loss_ok: bool, grad_ok: bool) -> None:

@@ -97,7 +97,10 @@ def parallelize(
     *,
     activation_checkpointing: bool = False,
     compile: bool = False,
+    replicate_only: bool = False,
 ) -> Parallelized:
+    """``replicate_only``: ddp without the DDP wrapper, for the sync modes that never all-reduce
+    gradients (localSGD, diloco: ``sync.py`` averages the parameters itself)."""
     model = built.module
     if activation_checkpointing:
         if not built.blocks:
@@ -120,7 +123,7 @@ def parallelize(
         assert isinstance(model, FSDPModule)
         return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())))
     if strategy in ("ddp", "zero1"):
-        if ctx.world_size == 1:  # nothing to synchronise: skip DDP's hooks entirely
+        if ctx.world_size == 1 or replicate_only:  # no gradient all-reduce: skip DDP's hooks entirely
             return Parallelized(model, model, strategy, params)
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         ddp = DDP(model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
