@@ -38,3 +38,23 @@ def test_mfu_arithmetic_and_cpu_has_none() -> None:
     tps, mfu = t.measure(0.01)
     assert tps == pytest.approx(1e5) and mfu == pytest.approx(1e5 * 6e9 / (8 * 989e12))
     assert Throughput(1000, 6e9, None, 0).measure(0.01)[1] is None
+
+
+def test_metrics_host_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods sharing one network (the e2e tier: every pod IP is a loopback address) each bind their
+    own IP, so one pod's port does not take every other pod's."""
+    monkeypatch.setenv("KUBETRAIN_METRICS_HOST", "127.3.0.7")
+    server = MetricsServer(Progress(max_steps=1, world_size=1), 0)
+    try:
+        assert server.httpd.server_address[0] == "127.3.0.7"
+        # the same port on another loopback address is another socket
+        other = MetricsServer(Progress(max_steps=1, world_size=1), server.port, host="127.3.0.8")
+        other.close()
+    finally:
+        server.close()
+    monkeypatch.delenv("KUBETRAIN_METRICS_HOST")
+    server = MetricsServer(Progress(max_steps=1, world_size=1), 0)
+    try:
+        assert server.httpd.server_address[0] == "0.0.0.0"
+    finally:
+        server.close()

@@ -2,7 +2,8 @@
 
 Local rank 0 of every node serves ``/metrics`` (Prometheus text) and ``/progress`` (JSON: step,
 maxSteps, loss, learningRate, tokensPerSecond, mfu, lastCheckpointStep, worldSize, updatedAt) on
-``$KUBETRAIN_METRICS_PORT`` (default 9090; 0 disables).
+``$KUBETRAIN_METRICS_PORT`` (default 9090; 0 disables), on the address ``$KUBETRAIN_METRICS_HOST``
+(default: all interfaces).
 """
 
 from __future__ import annotations
@@ -182,9 +183,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 class MetricsServer:
     """Serves /metrics and /progress from a daemon thread; ``port=0`` in the constructor binds a free
-    port (tests); use ``metrics_port()`` for the configured one."""
+    port (tests); use ``metrics_port()`` for the configured one. ``host=None``: ``metrics_host()``."""
 
-    def __init__(self, progress: Progress, port: int, host: str = "") -> None:
+    def __init__(self, progress: Progress, port: int, host: str | None = None) -> None:
+        host = metrics_host() if host is None else host
         handler = type("Handler", (_Handler,), {"progress": progress})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -200,6 +202,12 @@ class MetricsServer:
 def metrics_port() -> int:
     """``$KUBETRAIN_METRICS_PORT`` (default 9090); 0 disables the server."""
     return int(os.environ.get("KUBETRAIN_METRICS_PORT", str(DEFAULT_PORT)))
+
+
+def metrics_host() -> str:
+    """``$KUBETRAIN_METRICS_HOST``: the address to serve on (default "": all interfaces). Set where
+    pods share one network, as in the e2e tests, where every pod's IP is a loopback address."""
+    return os.environ.get("KUBETRAIN_METRICS_HOST", "")
 
 
 class Throughput:
