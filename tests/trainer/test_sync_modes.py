@@ -7,6 +7,7 @@ Equalities on 2 real gloo processes, tiny GPT, accumulation 2 per rank:
 - DiLoCo with outerLr 1 and outerMomentum 0 is localSGD (Δ = θ_global - mean θ_r, so the outer
   step lands exactly on the average: sign and scale of the pseudo-gradient);
 - DiLoCo and PowerSGD train, with comm_bytes below allreduce's by the factor the sizes predict.
+- PowerSGD survives a NaN step (error feedback and warm-start factors reset on a skipped step).
 This file is also the rank-side program: ``python -m tests.trainer.test_sync_modes WORKDIR``.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -59,7 +61,10 @@ RUNS: dict[str, dict[str, Any]] = {
         maxSteps=LONG,
     ),
     "powersgd-long": _spec(ADAMW, {"mode": "powerSGD", "powerSGD": POWERSGD}, maxSteps=LONG),
+    # a NaN loss on rank 0 at step 8 (compressing since step 3) goes through the hook's error feedback
+    "powersgd-nan": _spec(ADAMW, {"mode": "powerSGD", "powerSGD": {"rank": 1, "startStep": 3}}, maxSteps=16),
 }
+FAULTS = {"powersgd-nan": {"nan_loss_steps": {8}, "rank": 0}}
 PER_STEP_PARAMS = ("local4", "diloco4-plain")  # runs whose parameters are kept after every step
 
 
@@ -73,11 +78,14 @@ def _flat_params(trainer: Any) -> torch.Tensor:
 def _rank_main(workdir: Path) -> None:
     from kubetrain_trainer import config, distributed
     from kubetrain_trainer.engine import Trainer
+    from kubetrain_trainer.faults import Faults
 
     ctx = distributed.init(0, 120)
     result: dict[str, Any] = {}
     for label, spec in RUNS.items():
-        trainer = Trainer(config.from_spec(spec, world_size=ctx.world_size), ctx, None)
+        f = FAULTS.get(label, {})
+        faults = Faults(nan_loss_steps=frozenset(f.get("nan_loss_steps", ())), rank=f.get("rank", 0))
+        trainer = Trainer(config.from_spec(spec, world_size=ctx.world_size), ctx, None, faults=faults)
         snapshots: list[torch.Tensor] = []
         if label in PER_STEP_PARAMS:
             trainer.callbacks.append(lambda t, rec, s=snapshots: s.append(_flat_params(t)))
@@ -89,6 +97,7 @@ def _rank_main(workdir: Path) -> None:
             "loss": [h["loss"] for h in history],
             "comm_bytes": [h["comm_bytes"] for h in history],
             "identical": [trainer.syncer.replicas_identical(h["step"]) for h in history],
+            "skipped": [h["step"] for h in history if h["skipped"]],
         }
         torch.save({"final": _flat_params(trainer), "steps": snapshots}, workdir / f"{label}.rank{ctx.rank}.pt")
     (workdir / f"result{ctx.rank}.json").write_text(json.dumps(result))
@@ -187,6 +196,17 @@ def test_diloco_and_powersgd_train_with_less_traffic(runs: tuple[dict[str, Any],
     start = POWERSGD["startStep"]
     assert res["powersgd-long"]["comm_bytes"] == [4 * full] * start + [4 * compressed] * (LONG - start)
     assert full / compressed > 20  # the saving is real on this model (rank 1)
+
+
+def test_powersgd_recovers_from_a_non_finite_step(runs: tuple[dict[str, Any], Path]) -> None:
+    """A NaN gradient passes through the hook into error feedback and the warm-start factors; without
+    the reset on a skipped step every later step would be NaN too (and the run fail with exit 65)."""
+    res, workdir = runs
+    run = res["powersgd-nan"]
+    assert run["skipped"] == [8]
+    assert all(math.isfinite(x) for i, x in enumerate(run["loss"], start=1) if i != 8)
+    assert run["loss"][-1] < run["loss"][0] - 0.3
+    assert torch.equal(_params(workdir, "powersgd-nan", 0)["final"], _params(workdir, "powersgd-nan", 1)["final"])
 
 
 # ----------------------------------------------------------------------------- one process
