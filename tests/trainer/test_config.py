@@ -60,7 +60,7 @@ def test_load_from_env_json_and_yaml_file(tmp_path, monkeypatch) -> None:  # typ
     [
         ({"parallelism": {"strategy": "zero4"}}, "strategy"),
         ({"training": {"maxSteps": "many"}}, "maxSteps"),
-        ({"parallelism": {"sync": {"mode": "localSGD"}}}, "sync.mode localSGD"),
+        ({"parallelism": {"strategy": "zero2", "sync": {"mode": "localSGD"}}}, "sync.mode localSGD"),
         ({"data": {"type": "tokens"}}, "path"),
         ({"model": {"dModel": 65, "nHeads": 2}}, "divisible"),
         ({"unknownField": 1}, "unknownField"),
