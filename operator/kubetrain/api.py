@@ -581,6 +581,10 @@ class ProgressStatus(ApiModel):
     mfu: float | None = Field(default=None, description="Model FLOPs utilisation (0-1); absent on CPU.")
     last_checkpoint_step: int | None = Field(default=None, description="Step of the last committed checkpoint.")
     updated_at: str | None = Field(default=None, description="When this was read from the workers (RFC 3339).")
+    step_advanced_at: str | None = Field(
+        default=None,
+        description="When the operator last saw step advance (RFC 3339); the stall watchdog measures from it.",
+    )
 
 
 class TrainingJobStatus(ApiModel):

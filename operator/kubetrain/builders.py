@@ -66,8 +66,13 @@ def rendezvous_endpoint(job: JobRef) -> str:
 
 
 def build_service(job: JobRef) -> dict[str, Any]:
-    """Headless Service giving every worker a DNS name `<hostname>.<service>`. Not-ready
-    addresses are published: the rendezvous happens before any worker could be Ready."""
+    """Headless Service giving every worker a DNS name `<hostname>.<service>`.
+
+    Not-ready addresses are *not* published: a worker pod has no readiness probe, so it is
+    Ready (and resolvable) as soon as its container runs, while a pod being deleted, or one on
+    a lost node (marked not Ready by the node lifecycle controller), drops out of DNS at once.
+    With publishNotReadyAddresses a dead worker 0 stuck Terminating would keep answering for
+    the rendezvous name next to its replacement."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -79,7 +84,7 @@ def build_service(job: JobRef) -> dict[str, Any]:
         },
         "spec": {
             "clusterIP": "None",
-            "publishNotReadyAddresses": True,
+            "publishNotReadyAddresses": False,
             "selector": {n.LABEL_JOB: n.job_label(job.name), n.LABEL_ROLE: "worker"},
             "ports": [{"name": "rendezvous", "port": n.RENDEZVOUS_PORT, "targetPort": n.RENDEZVOUS_PORT}],
         },

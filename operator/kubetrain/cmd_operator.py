@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="jobs reconciled concurrently")
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="reconcile every job at least this often, events or not")
+    parser.add_argument("--progress-seconds", type=float, default=10.0,
+                        help="poll each running job's /progress this often (at most 15 s)")
     parser.add_argument("--backoff-base-seconds", type=float, default=10.0,
                         help="delay before the first restart after a failure; doubles per failure")
     parser.add_argument("--backoff-max-seconds", type=float, default=360.0, help="cap of the restart delay")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     rt.concurrency = max(1, args.workers)
     rt.kubeconfig = args.kubeconfig
     rt.action_delay = args.test_action_delay
+    rt.progress_seconds = min(15.0, max(0.2, args.progress_seconds))
     if args.metrics_port:
         rt.metrics.serve(args.metrics_port, args.bind_address)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None

@@ -24,6 +24,11 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def ceil_seconds(t: dt.datetime) -> dt.datetime:
+    """`t` rounded up to a whole second (RFC 3339 status times have no fraction)."""
+    return t if t.microsecond == 0 else t.replace(microsecond=0) + dt.timedelta(seconds=1)
+
+
 def parse_time(value: str | None) -> dt.datetime | None:
     """An RFC 3339 timestamp (as the API server writes them), or None."""
     if not value:

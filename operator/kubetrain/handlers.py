@@ -33,6 +33,7 @@ from kubetrain.conditions import rfc3339
 from kubetrain.kubeio import ApiError, Kube, load_client, merge_patch
 from kubetrain.observed import Observed, pod_view
 from kubetrain.operator_metrics import OperatorMetrics
+from kubetrain.progress import ProgressPoller, target_of
 from kubetrain.reconcile import (
     Create,
     Decision,
@@ -75,6 +76,8 @@ class Runtime:
     executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube-api"))
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+    progress_seconds: float = 10.0
+    poller: ProgressPoller[Key] | None = None
 
 
 RUNTIME = Runtime()
@@ -127,6 +130,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
                                      "metadata": {"name": "warm-up", "uid": "warm-up"}, "spec": {}})
     rt.queue = WorkQueue()
+    rt.poller = ProgressPoller(rt.progress_seconds, on_reading=rt.queue.add, clock=rt.clock)
+    rt.poller.start()
     rt.workers = [asyncio.create_task(_worker(rt), name=f"reconcile-worker-{i}") for i in range(rt.concurrency)]
     log.info("reconcile workers started", extra={"workers": rt.concurrency})
 
@@ -135,6 +140,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     """Graceful shutdown: no new passes; passes in flight finish (they are short)."""
     rt = RUNTIME
+    if rt.poller is not None:
+        await rt.poller.stop()
     if rt.queue is not None:
         rt.queue.close()
     if rt.workers:
@@ -165,6 +172,8 @@ def job_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
         rt.queue.forget(key)
         rt.retries.reset(key)
         rt.metrics.job_phase(key, None)
+        if rt.poller is not None:
+            rt.poller.forget(key)
         return
     rt.queue.add(key)
 
@@ -228,7 +237,9 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     cm_hash = None
     if config_map is not None:
         cm_hash = ((config_map.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_SPEC_HASH, "")
-    observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None, config_map_hash=cm_hash)
+    reading = rt.poller.readings.get(key) if rt.poller is not None else None
+    observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None,
+                        config_map_hash=cm_hash, progress=reading)
     decision = reconcile(job, observed, rt.clock(), rt.settings)
 
     # Record first, act second: a crash in between replays the same decision, never a different one.
@@ -244,6 +255,10 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     await _tell(rt, obj, events)
 
     rt.metrics.job_phase(key, decision.status.phase)
+    if rt.poller is not None:
+        training = decision.status.phase in ("Running", "Restarting")
+        gen = decision.status.restart_generation or 0
+        rt.poller.set_target(key, target_of(pods, gen) if training else None)
     rt.metrics.reconcile_seconds.observe(time.perf_counter() - started)
     rt.last_pass = time.monotonic()
     due = decision.requeue_after

@@ -6,8 +6,9 @@ build pods in one line.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubetrain import names as n
@@ -61,13 +62,22 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class ProgressReading:
+    """The last answer of a worker's /progress endpoint, and when it was read."""
+
+    data: dict[str, Any]
+    read_at: dt.datetime
+    pod: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
-    """The children of one job as listed just now."""
+    """The children of one job as listed just now (and its latest progress reading)."""
 
     pods: tuple[PodView, ...] = ()
     service: bool = False
     config_map_hash: str | None = None  # None: no ConfigMap
-    extra: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressReading | None = None
 
 
 def _int(value: Any, default: int = 0) -> int:

@@ -34,6 +34,12 @@ non-terminal phase. Every decision sets a condition reason and emits an Event:
   ... set back to false             Pending      Suspended (False, Resumed)           Resumed
   ttlSecondsAfterFinished passed    (deleted)    -                                    TTLExpired
   spec invalid (e.g. DeepSpeed)     Failed       Failed (True, InvalidSpec)           Warning InvalidSpec
+  step stalled, watchdog restart    Restarting   Running (False, ProgressStalled)     Warning ProgressStalled
+  step stalled, watchdog fail       Failed       Failed (True, ProgressStalled)       Warning ProgressStalled
+
+Progress: the latest /progress reading (polled by the handlers, never inside a pass) is written
+to status.progress; a reading no newer than the status leaves it as it is, so a worker that
+stops answering leaves the last value with its timestamp.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ R_SCHEDULED = "Scheduled"
 R_UNSCHEDULABLE = "Unschedulable"
 R_TTL = "TTLExpired"
 R_WORKERS_CREATED = "WorkersCreated"
+R_STALLED = "ProgressStalled"
 PERMANENT_REASON_BY_CODE = {64: "InvalidSpec", 65: "ModelOrDataError"}
 
 
@@ -326,6 +333,7 @@ class _Pass:
         self.resume_if_suspended()
         if self.st.start_time is None:
             self.st.start_time = c.rfc3339(self.now)
+        self.record_progress(spec)
 
         outcome = self.success(spec) or self.deadline(spec) or self.failures(spec)
         if outcome is not None:
@@ -449,7 +457,9 @@ class _Pass:
         self.st.below_min_since = None
         self.st.world_size = 0
         if delay > 0:
-            until = self.now + dt.timedelta(seconds=delay)
+            # Rounded up to the second the status can hold: a stored time cut short would cut
+            # the backoff short.
+            until = c.ceil_seconds(self.now + dt.timedelta(seconds=delay))
             self.st.backoff_until = c.rfc3339(until)
             self.at(until)
         else:
@@ -525,6 +535,63 @@ class _Pass:
             pod = build_pod(self.job.ref, spec, index, self.gen, incarnation, self.settings.trainer_image)
             self.actions.append(Create(pod))
 
+    # ------------------------------------------------------------ progress, stall
+
+    def record_progress(self, spec: api.TrainingJobSpec) -> None:
+        """Write the latest /progress reading into status.progress, if it is newer."""
+        reading = self.observed.progress
+        if reading is None:
+            return
+        old = self.st.progress or api.ProgressStatus()
+        if (c.parse_time(old.updated_at) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)) >= reading.read_at:
+            return
+        d = reading.data
+
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        step = d.get("step") if isinstance(d.get("step"), int) else old.step
+        ckpt = d.get("lastCheckpointStep")
+        max_steps = d.get("maxSteps")
+        advanced = step != old.step or old.step_advanced_at is None
+        self.st.progress = api.ProgressStatus(
+            step=step,
+            max_steps=max_steps if isinstance(max_steps, int) else spec.training.max_steps,
+            loss=num("loss"),
+            learning_rate=num("learningRate"),
+            tokens_per_second=num("tokensPerSecond"),
+            mfu=num("mfu"),
+            last_checkpoint_step=ckpt if isinstance(ckpt, int) else old.last_checkpoint_step,
+            updated_at=c.rfc3339(reading.read_at),
+            step_advanced_at=c.rfc3339(reading.read_at) if advanced else old.step_advanced_at,
+        )
+
+    def watchdog(self, spec: api.TrainingJobSpec, desired: int) -> Decision | None:
+        """The step has not advanced for stallSeconds while Running: restart the gang (from
+        its last checkpoint) or fail, per watchdog.action. The clock starts when the gang is
+        Running again, so a restart or a resume gets the full time to show progress."""
+        wd = spec.run_policy.watchdog
+        if wd is None or wd.stall_seconds <= 0:
+            return None
+        running = c.get(self.conds, c.RUNNING)
+        since = c.parse_time(running.last_transition_time if running else None) or self.now
+        progress = self.st.progress
+        advanced = c.parse_time(progress.step_advanced_at if progress else None)
+        if advanced is not None and advanced > since:
+            since = advanced
+        expiry = since + dt.timedelta(seconds=wd.stall_seconds)
+        if self.now < expiry:
+            self.at(expiry)
+            return None
+        step = progress.step if progress and progress.step is not None else None
+        what = f"step {step} has not advanced" if step is not None else "no training progress was reported"
+        message = f"{what} for {wd.stall_seconds}s (watchdog.stallSeconds)"
+        if wd.action == "fail":
+            return self.finish(False, R_STALLED, message)
+        return self.restart("stall", "Warning", R_STALLED, f"{message}: restarting the workers from their last "
+                            "checkpoint", desired)
+
     # --------------------------------------------------------------------- phase
 
     def phase(self, spec: api.TrainingJobSpec, desired: int) -> Decision:
@@ -541,7 +608,7 @@ class _Pass:
             self.st.world_size = min(len(running), w.max) * w.procs
             self.cond(c.RUNNING, True, R_RUNNING,
                       f"{len(running)} of {desired} workers running, world size {self.st.world_size}")
-            return self.decision()
+            return self.watchdog(spec, desired) or self.decision()
 
         self.st.world_size = 0
         in_backoff = self.st.backoff_until is not None

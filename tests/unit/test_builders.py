@@ -72,11 +72,11 @@ def test_selector_matches_pod_labels() -> None:
 # -------------------------------------------------------------------------------- Service
 
 
-def test_service_is_headless_and_publishes_not_ready_addresses() -> None:
+def test_service_is_headless_and_drops_pods_that_are_not_ready() -> None:
     svc = build_service(JOB)
     assert svc["metadata"]["name"] == "demo"
     assert svc["spec"]["clusterIP"] == "None"
-    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["publishNotReadyAddresses"] is False
     assert svc["spec"]["selector"] == {n.LABEL_JOB: "demo", n.LABEL_ROLE: "worker"}
     assert svc["metadata"]["ownerReferences"][0]["uid"] == JOB.uid
     assert pod()["spec"]["subdomain"] == svc["metadata"]["name"]

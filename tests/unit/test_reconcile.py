@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import json
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,7 +16,8 @@ import pytest
 from kubetrain import names as n
 from kubetrain.builders import build_config_map
 from kubetrain.kubeio import merge_patch
-from kubetrain.observed import Observed, PodView, pod_view
+from kubetrain.observed import Observed, PodView, ProgressReading, pod_view
+from kubetrain.progress import ProgressPoller, Target, target_of
 from kubetrain.reconcile import (
     Create,
     Decision,
@@ -72,6 +75,12 @@ RUNNING = {"phase": "Running", "startTime": ts(-100), "restartGeneration": 0,
                            "lastTransitionTime": ts(-90)}]}
 
 
+READING = ProgressReading(data={"step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 1e-3,
+                                "tokensPerSecond": 1000, "mfu": None, "lastCheckpointStep": 40, "worldSize": 2},
+                          read_at=T0, pod="demo-worker-0-0-0")
+STALL_RESTART = {**TWO, "runPolicy": {"watchdog": {"stallSeconds": 300}}}
+
+
 def running_status(**over: Any) -> dict[str, Any]:
     s = copy.deepcopy(RUNNING)
     s.update(over)
@@ -86,6 +95,7 @@ class Case:
     status: dict[str, Any] | None = None
     at: float = 0.0
     children: bool = True  # Service and ConfigMap exist
+    progress: ProgressReading | None = None
     problems: tuple[str, ...] = ()
     # expectations (None: not checked)
     phase: str | None = None
@@ -269,6 +279,40 @@ CASES: list[Case] = [
          status={"phase": "Succeeded", "completionTime": ts(0)}, at=60, events=["TTLExpired"], delete_job=True),
     Case("a finished job never creates pods again", TWO, pods=[],
          status={"phase": "Failed", "completionTime": ts(0)}, phase="Failed", create=[], events=[]),
+    # ------------------------------------------------------------ progress, stall
+    Case("a progress reading is written to status.progress", TWO, pods=[pod(0), pod(1)], status=running_status(),
+         progress=READING, events=[], status_has={"progress": {
+             "step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 0.001, "tokensPerSecond": 1000.0, "mfu": None,
+             "lastCheckpointStep": 40, "updatedAt": ts(0), "stepAdvancedAt": ts(0)}}),
+    Case("a reading no newer than the status changes nothing (pod stopped answering)", TWO,
+         pods=[pod(0), pod(1)], status=running_status(progress={"step": 50, "updatedAt": ts(5)}), progress=READING,
+         at=30, status_has={"progress": {"step": 50, "maxSteps": None, "loss": None, "learningRate": None,
+                                         "tokensPerSecond": None, "mfu": None, "lastCheckpointStep": None,
+                                         "updatedAt": ts(5), "stepAdvancedAt": None}}),
+    Case("same step read again: stepAdvancedAt kept", TWO, pods=[pod(0), pod(1)],
+         status=running_status(progress={"step": 42, "updatedAt": ts(-10), "stepAdvancedAt": ts(-60)}),
+         progress=READING, status_has={"progress": {
+             "step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 0.001, "tokensPerSecond": 1000.0,
+             "mfu": None, "lastCheckpointStep": 40, "updatedAt": ts(0), "stepAdvancedAt": ts(-60)}}),
+    Case("watchdog: progressing, woken when the stall would be due", STALL_RESTART, pods=[pod(0), pod(1)],
+         status=running_status(progress={"step": 42, "updatedAt": ts(-5), "stepAdvancedAt": ts(-30)}),
+         phase="Running", requeue=270.0, events=[]),
+    Case("watchdog: stalled, restart from the checkpoint (restarts.stall)", STALL_RESTART, pods=[pod(0), pod(1)],
+         status=running_status(progress={"step": 42, "updatedAt": ts(-5), "stepAdvancedAt": ts(-100)}), at=250,
+         phase="Restarting", delete=[name(0), name(1)], events=["ProgressStalled"],
+         conditions={"Running": ("False", "ProgressStalled")}, restarts={"stall": 1, "failure": 0, "total": 1},
+         status_has={"restartGeneration": 1}),
+    Case("watchdog: stalled, action fail", {**STALL_RESTART, "runPolicy": {"watchdog": {
+         "stallSeconds": 300, "action": "fail"}}}, pods=[pod(0), pod(1)],
+         status=running_status(progress={"step": 42, "stepAdvancedAt": ts(-100)}), at=250, phase="Failed",
+         events=["ProgressStalled"], conditions={"Failed": ("True", "ProgressStalled")}),
+    Case("watchdog: no progress ever reported counts from Running", STALL_RESTART, pods=[pod(0), pod(1)],
+         status=running_status(), at=210, phase="Restarting", events=["ProgressStalled"]),
+    Case("watchdog: the clock restarts when the gang runs again", STALL_RESTART, pods=[pod(0, 1), pod(1, 1)],
+         status=running_status(restartGeneration=1, progress={"step": 42, "stepAdvancedAt": ts(-1000)},
+                               conditions=[{"type": "Running", "status": "True", "reason": "Running",
+                                            "message": "", "lastTransitionTime": ts(-10)}]),
+         phase="Running", requeue=290.0, events=[]),
     # ----------------------------------------------------------------- invalid
     Case("invalid spec: Failed InvalidSpec with the problems, no pods", TWO, children=False,
          problems=("spec.deepspeed.zero_optimization.stage: 4 is not 0-3",), phase="Failed", create=[],
@@ -315,7 +359,7 @@ def test_reconcile_table(case: Case) -> None:
     spec = case.spec
     job = make_job(spec, case.status, case.problems)
     observed = Observed(pods=tuple(case.pods), service=case.children,
-                        config_map_hash=cm_hash(spec) if case.children else None)
+                        config_map_hash=cm_hash(spec) if case.children else None, progress=case.progress)
     now = T0 + dt.timedelta(seconds=case.at)
     d = reconcile(job, observed, now, SETTINGS)
     _check(case, d)
@@ -606,3 +650,95 @@ def test_retry_delays_grow_and_reset() -> None:
     assert [r.next("k") for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
     r.reset("k")
     assert r.next("k") == 0.5
+
+
+# ------------------------------------------------------------------------ progress polling
+
+
+def _raw_pod(index: int, gen: int = 0, ready: bool = True, ip: str | None = "127.0.0.1", port: int = 9090,
+             deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name(index, gen), "labels": {n.LABEL_INDEX: str(index),
+                                                                  n.LABEL_GENERATION: str(gen)}}
+    if deleting:
+        meta["deletionTimestamp"] = ts(0)
+    status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status,
+            "spec": {"containers": [{"name": "trainer", "ports": [{"name": "metrics", "containerPort": port}]}]}}
+
+
+def test_progress_target_is_the_lowest_index_ready_pod_of_the_generation() -> None:
+    pods = [_raw_pod(0, ready=False), _raw_pod(1, deleting=True), _raw_pod(3, port=9100), _raw_pod(2, gen=1),
+            _raw_pod(4, ip=None)]
+    target = target_of(pods, 0)
+    assert target == Target(pod=name(3), url="http://127.0.0.1:9100/progress")
+    assert target_of(pods, 1) == Target(pod=name(2, 1), url="http://127.0.0.1:9090/progress")
+    assert target_of(pods, 2) is None
+
+
+class _ProgressServer:
+    """A stand-in for a worker's /progress on loopback (answers, or hangs past the timeout)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.body: bytes = b"{}"
+        self.hang = 0.0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                import time as _time
+
+                _time.sleep(outer.hang)
+                self.send_response(200 if self.path == "/progress" else 404)
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/progress"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_poller_reads_progress_keeps_the_last_value_and_never_blocks() -> None:
+    server = _ProgressServer()
+    clock = [T0]
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        import aiohttp
+
+        poller: ProgressPoller[str] = ProgressPoller(1.0, on_reading=seen.append, clock=lambda: clock[0], timeout=0.5)
+        poller.set_target("job", Target(pod="p0", url=server.url))
+        poller.set_target("gone", Target(pod="p9", url="http://127.0.0.1:9/progress"))  # nothing listens
+        async with aiohttp.ClientSession() as session:
+            server.body = json.dumps({"step": 7, "loss": 3.0}).encode()
+            await poller.poll_once(session)
+            assert poller.readings["job"].data == {"step": 7, "loss": 3.0}
+            assert poller.readings["job"].read_at == T0 and "gone" not in poller.readings
+            clock[0] = T0 + dt.timedelta(seconds=10)
+            server.hang = 2.0  # slower than the timeout: the last reading stays, with its time
+            started = time.monotonic()
+            await poller.poll_once(session)
+            assert time.monotonic() - started < 1.5
+            assert poller.readings["job"].read_at == T0
+            server.hang, server.body = 0.0, b"not json"
+            await poller.poll_once(session)
+            assert poller.readings["job"].data["step"] == 7
+        poller.forget("job")
+        assert "job" not in poller.readings and "job" not in poller.targets
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
+    assert seen == ["job"]
