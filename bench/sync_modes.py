@@ -56,6 +56,7 @@ def _spec(args: argparse.Namespace, sync: dict[str, Any]) -> dict[str, Any]:
 
 def rank_side(args: argparse.Namespace) -> None:
     import torch
+
     from kubetrain_trainer import config, distributed
     from kubetrain_trainer.engine import Trainer
 

@@ -24,6 +24,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer_image")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from kubetrain_trainer import config, distributed  # noqa: E402
 from kubetrain_trainer.engine import Trainer  # noqa: E402
 from kubetrain_trainer.models import build_model  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kubetrain_trainer import config
 from kubetrain_trainer.errors import SpecError
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from kubetrain_trainer.config import DataConfig
 from kubetrain_trainer.data import SyntheticCorpus, make_plan, open_corpus, prepare_data
 from kubetrain_trainer.errors import DataError, SpecError
@@ -83,6 +84,7 @@ def test_text_and_uint32_shards(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 def test_loader_prefetches_and_surfaces_errors() -> None:
     import torch
+
     from kubetrain_trainer.data import Loader
 
     class Flaky(SyntheticCorpus):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubetrain_trainer.data import prepare_data
 
 from .harness import launch

@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 import torch
+
 from kubetrain_trainer.metrics import MetricsServer, Progress, Throughput, peak_flops
 
 pytestmark = pytest.mark.trainer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kubetrain_trainer import fp8
 from kubetrain_trainer.config import PRESETS, ModelConfig
 from kubetrain_trainer.errors import ModelError, SpecError

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from kubetrain_trainer import config
 from kubetrain_trainer.distributed import DistContext, pick_device
 from kubetrain_trainer.engine import Trainer

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+
 from kubetrain_trainer import config, distributed
 from kubetrain_trainer.engine import Trainer
 from kubetrain_trainer.errors import TrainerError
 from kubetrain_trainer.faults import Faults
 from kubetrain_trainer.models import build_model
-from torch.distributed.tensor import DTensor
 
 
 def _full_params(trainer: Trainer) -> torch.Tensor:

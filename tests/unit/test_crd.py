@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubetrain import api
 from kubetrain.crd import build_crd, crd_yaml
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubetrain import api, validate
 from kubetrain.deepspeed import (
     DeepSpeedConfigError,

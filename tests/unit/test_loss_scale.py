@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from kubetrain.loss_scale import LossScaleAtMinimumError, LossScaleConfigError, LossScaler
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubetrain import api
 from kubetrain.modelsize import (
     PRESETS,
@@ -177,9 +178,10 @@ def test_activation_formula_against_torch_memtracker(mode: str, checkpointing: b
     FSDP2's MixedPrecisionPolicy runs for zero2/zero3; "autocast" is ddp/zero1 in bf16."""
     torch = pytest.importorskip("torch")
     mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
+    from torch.distributed._composable import checkpoint
+
     from kubetrain_trainer.models import cross_entropy
     from kubetrain_trainer.models.gpt import GPT, GPTConfig
-    from torch.distributed._composable import checkpoint
 
     # V/h = 16 as in real GPTs (25-65): the loss, not the CPU attention kernel's backward scratch
     # space, sets the checkpointed peak, so the numbers transfer to GPU kernels.

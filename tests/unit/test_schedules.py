@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from kubetrain.schedules import (
     DEFAULT_PARAMS,
     REQUIRED_PARAMS,

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from kubetrain import api
 from kubetrain.crd import build_crd
 from kubetrain.validate import cel_problems, validate_object

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from kubetrain.loss_scale import LossScaleConfigError, LossScaler
 from torch.distributed.fsdp import MixedPrecisionPolicy
+
+from kubetrain.loss_scale import LossScaleConfigError, LossScaler
 
 from .config import PrecisionConfig
 from .errors import SpecError
