@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("kubetrain.cmd_operator", "run the TrainingJob operator (kopf) in the foreground"),
     "plan": ("kubetrain.cmd_plan", "estimate parameters, per-GPU memory, FLOPs and step time; suggest what fits"),
     "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),
+    "export": ("kubetrain.cmd_export", "consolidate a checkpoint's weights into safetensors (fp32, bf16, int8)"),
 }
 
 

@@ -1,9 +1,12 @@
 """``python -m kubetrain_trainer --spec FILE`` — one training process (run it under torchrun).
 
 Exit codes (DESIGN.md): 0 done, 64 invalid spec, 65 model/data error or divergence (permanent),
-anything else retryable.  On failure ``{reason, message, step}`` is written to the termination log
-(``$KUBETRAIN_TERMINATION_LOG``, or ``/dev/termination-log`` when it exists) and to
-``<run dir>/failures/rank<R>.json``.
+75 stopped on SIGTERM/SIGINT after a committed checkpoint, anything else retryable.  On failure
+``{reason, message, step}`` is written to the termination log (``$KUBETRAIN_TERMINATION_LOG``, or
+``/dev/termination-log`` when it exists), to ``<run dir>/failures/rank<R>.json`` and, under the
+launcher, to ``$KUBETRAIN_LAUNCH_DIR/failure-rank<R>.json``; a preempted rank writes
+``$KUBETRAIN_LAUNCH_DIR/preempted-rank<R>.json`` (``{"step": N}``) once its checkpoint committed.
+Checkpoints: ``$KUBETRAIN_CHECKPOINT_DIR`` (default ``<run dir>/checkpoints``), see ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import EXIT_OK, EXIT_RETRYABLE, TrainerError
+from .errors import EXIT_OK, EXIT_PREEMPTED, EXIT_RETRYABLE, TrainerError
 
 log = logging.getLogger("kubetrain_trainer")
 
@@ -46,6 +50,9 @@ def write_failure(run_dir: Path | None, rank: int, reason: str, message: str, st
         targets.append(Path("/dev/termination-log"))
     if run_dir is not None:
         targets.append(run_dir / "failures" / f"rank{rank}.json")
+    launch_dir = os.environ.get("KUBETRAIN_LAUNCH_DIR")
+    if launch_dir:
+        targets.append(Path(launch_dir) / f"failure-rank{rank}.json")
     for path in targets:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rank)
+    from . import signals
+
+    signals.install()  # before anything slow: a SIGTERM during start-up must not kill us unsaved
 
     from . import distributed  # torch import after argument parsing (fast --help)
 
@@ -79,15 +89,27 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.spec)
         run_dir = run_dir_for(cfg.name, args.run_dir)
         ctx = distributed.init(cfg.workers.gpus_per_worker, cfg.elastic.collective_timeout_seconds)
+        from .checkpoint import Checkpointer, checkpoint_root, launch_dir_from_env, write_marker
         from .engine import Trainer
         from .faults import Faults
         from .metrics import metrics_port
 
-        trainer = Trainer(
-            cfg, ctx, run_dir, metrics_port=metrics_port(), faults=Faults.from_env(), keep_history=False
-        )
+        faults = Faults.from_env()
+        trainer = Trainer(cfg, ctx, run_dir, metrics_port=metrics_port(), faults=faults, keep_history=False)
+        if faults.step_sleep_s:  # fault injection (tests): pace the steps
+            trainer.callbacks.append(lambda _t, _r: time.sleep(faults.step_sleep_s))
+        signals.on_request(lambda t=trainer: setattr(t, "stop_signal", True))
+        checkpointer = Checkpointer(trainer, checkpoint_root(run_dir), launch_dir=launch_dir_from_env())
+        trainer.callbacks.append(checkpointer.on_step)
+        checkpointer.restore()
         summary = trainer.fit()
-        if ctx.is_main:
+        checkpointer.close()
+        if trainer.stop_requested:
+            step = checkpointer.last_committed
+            write_marker(launch_dir_from_env(), "preempted", rank, {"step": step})
+            log.info("stopped after the checkpoint of step %s; exit %d", step, EXIT_PREEMPTED)
+            rc = EXIT_PREEMPTED
+        elif ctx.is_main:
             (run_dir / "summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
             log.info(
                 "done: %d steps, final loss %.4f, %.0f tokens/s", summary.steps,
@@ -104,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close()
-    if rc == EXIT_OK:
+    if rc in (EXIT_OK, EXIT_PREEMPTED):
         distributed.shutdown()
     else:
         # Peers may be blocked in a collective: do not barrier, do not run atexit teardown (which

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from kubetrain.loss_scale import LossScaleAtMinimumError
 from kubetrain.schedules import LRSchedule, ScheduleError, make_schedule
 
@@ -79,7 +80,14 @@ class Trainer:
         self.step = 0  # next iteration to run == iterations done
         self.applied_steps = 0
         self.consecutive_non_finite = 0
-        self.stop_requested = False  # set by a signal handler (preemption): stop after this step
+        # Preemption: a signal handler sets stop_signal on its rank; the flag is summed into the step's
+        # all-reduce, so every rank sets stop_requested after the same step (and stops there).
+        self.stop_signal = False
+        self.stop_requested = False
+        # More per-rank flags summed with the step's stats, no extra collective (checkpoint.py: "my
+        # async save is done"); the sums of the last step in flag_sums, in registration order.
+        self.flag_sources: list[Callable[[], float]] = []
+        self.flag_sums: list[float] = []
         self.last_checkpoint_step: int | None = None
         t = cfg.training
 
@@ -183,10 +191,13 @@ class Trainer:
             self.par.poison_grads_()
         norm = self.par.grad_norm()
         # One all-reduce and one host sync per step: [sum of rank losses, sum of (identical) norms].
-        stats = torch.stack([local_loss, norm.float()])
+        flags = [float(self.stop_signal)] + [source() for source in self.flag_sources]
+        stats = torch.cat([torch.stack([local_loss, norm.float()]), torch.tensor(flags, device=local_loss.device)])
         if self.ctx.world_size > 1:
             dist.all_reduce(stats)
-        loss_sum, norm_sum = stats.tolist()
+        loss_sum, norm_sum, stop_sum, *self.flag_sums = stats.tolist()
+        if stop_sum > 0:
+            self.stop_requested = True
         now = monotonic()
         step_time = now - (self._last_sync if self._last_sync is not None else t0)
         self._last_sync = now

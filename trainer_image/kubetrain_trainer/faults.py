@@ -7,6 +7,14 @@ Steps are numbered as in the metrics log (1 = the first step).
     to travel through the all-reduce).
 ``KUBETRAIN_FAULT_NAN_LOSS_STEPS=5``    at these steps rank 0's loss (and so its gradients) is NaN.
 ``KUBETRAIN_FAULT_RANK=0``              which rank injects (default 0).
+``KUBETRAIN_FAULT_SAVE_HANG_STEP=6``    the checkpoint of step 6 hangs on rank 0 after its data is
+    written and before it is committed (a save killed half-way must leave the previous checkpoint
+    as ``latest``).
+``KUBETRAIN_FAULT_STOP_SAVE_SLEEP_SECONDS=35`` the first checkpoint taken on a stop (SIGTERM) under a
+    launcher (once per ``$KUBETRAIN_LAUNCH_DIR``; every one without a launcher) sleeps this long on
+    rank 0 before it commits: a slow save, longer than torchrun's fixed 30 s kill.
+``KUBETRAIN_FAULT_STEP_SLEEP_SECONDS=0.1`` every step sleeps this long after it finished (paces
+    multi-process tests that act while a job runs).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ class Faults:
     inf_grad_steps: frozenset[int] = field(default_factory=frozenset)
     nan_loss_steps: frozenset[int] = field(default_factory=frozenset)
     rank: int = 0
+    save_hang_step: int | None = None
+    stop_save_sleep_s: float = 0.0
+    step_sleep_s: float = 0.0
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -32,6 +43,10 @@ class Faults:
             inf_grad_steps=_steps("KUBETRAIN_FAULT_INF_GRAD_STEPS"),
             nan_loss_steps=_steps("KUBETRAIN_FAULT_NAN_LOSS_STEPS"),
             rank=int(os.environ.get("KUBETRAIN_FAULT_RANK", "0")),
+            save_hang_step=int(os.environ["KUBETRAIN_FAULT_SAVE_HANG_STEP"])
+            if os.environ.get("KUBETRAIN_FAULT_SAVE_HANG_STEP") else None,
+            stop_save_sleep_s=float(os.environ.get("KUBETRAIN_FAULT_STOP_SAVE_SLEEP_SECONDS") or 0.0),
+            step_sleep_s=float(os.environ.get("KUBETRAIN_FAULT_STEP_SLEEP_SECONDS") or 0.0),
         )
 
     def inf_grad(self, step: int, rank: int) -> bool:

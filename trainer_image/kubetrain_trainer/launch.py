@@ -23,7 +23,11 @@ PET_LOCAL_ADDR; plus KUBETRAIN_SPEC_FILE (or --spec) and KUBETRAIN_RUN_DIR.
 Worker contract: workers get KUBETRAIN_LAUNCH_DIR, a node-local directory. A worker that
 stopped on SIGTERM after a committed checkpoint writes `preempted-rank<R>.json`
 ({"step": N}) there and exits 75; a worker that fails writes `failure-rank<R>.json`
-({reason, message, step}) and exits with its class (64, 65 or other).
+({reason, message, step}) and exits with its class (64, 65 or other). Markers are cleared
+whenever a worker group starts (a scale-up's exit 75 is not the job's outcome), and a group
+that failed permanently (64/65) is not restarted: the same spec fails the same way again.
+The rendezvous store is not shared with the workers (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1):
+with sharing, a node joining a running job waits forever for the new round's MASTER_ADDR.
 """
 
 from __future__ import annotations
@@ -130,12 +134,22 @@ class _AgentState:
     started_workers = False
 
 
+def _clear_markers(launch_dir: Path) -> None:
+    """A new worker group starts: what the previous one reported (a scale-up's preempted markers,
+    a restarted group's failures) no longer describes the job."""
+    for path in [*launch_dir.glob("preempted-rank*.json"), *launch_dir.glob("failure-rank*.json")]:
+        path.unlink(missing_ok=True)
+
+
 def _patch_agent(state: _AgentState) -> None:
-    """Give the agent's worker-group stop the save limit instead of torch's fixed 30 s."""
+    """Give the agent's worker-group stop the save limit instead of torch's fixed 30 s; start each
+    worker group with no markers; never restart a group that failed permanently (64/65: the same
+    spec, code and data fail the same way again)."""
     from torch.distributed.elastic.agent.server.api import WorkerState
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     original_start = LocalElasticAgent._start_workers
+    original_monitor = LocalElasticAgent._monitor_workers
 
     def _stop_workers(self: Any, worker_group: Any) -> None:
         healthy = worker_group.state == WorkerState.HEALTHY  # a membership change, not a failure
@@ -143,10 +157,23 @@ def _patch_agent(state: _AgentState) -> None:
 
     def _start_workers(self: Any, worker_group: Any) -> Any:
         state.started_workers = True
+        launch_dir = os.environ.get("KUBETRAIN_LAUNCH_DIR")
+        if launch_dir:
+            _clear_markers(Path(launch_dir))
         return original_start(self, worker_group)
+
+    def _monitor_workers(self: Any, worker_group: Any) -> Any:
+        result = original_monitor(self, worker_group)
+        codes = sorted({int(f.exitcode) for f in (getattr(result, "failures", None) or {}).values()})
+        permanent = [c for c in codes if c in PERMANENT]
+        if permanent and self._remaining_restarts > 0:
+            log.warning("a worker exited %d (permanent): not restarting the worker group", permanent[0])
+            self._remaining_restarts = 0
+        return result
 
     LocalElasticAgent._stop_workers = _stop_workers  # type: ignore[method-assign]
     LocalElasticAgent._start_workers = _start_workers  # type: ignore[method-assign]
+    LocalElasticAgent._monitor_workers = _monitor_workers  # type: ignore[method-assign]
 
 
 def _markers(launch_dir: Path, prefix: str) -> list[dict[str, Any]]:
@@ -194,6 +221,11 @@ def run_agent(spec_path: str, run_dir: Path, launch_dir: Path, save_timeout: int
 
     state = _AgentState()
     _patch_agent(state)
+    # torch shares the rendezvous TCPStore with the workers by default, and then an agent that was
+    # rank 0 before a membership change never republishes MASTER_ADDR for the new round: a node that
+    # joins (scale-up) waits for it until the store times out (pytorch/pytorch#135712 is the same
+    # sharing breaking restarts). Without sharing, every round publishes a fresh worker store.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     min_nodes, max_nodes = _nnodes(os.environ.get("PET_NNODES", "1"))
     rdzv_conf = {"join_timeout": rendezvous_timeout, **_rdzv_conf(os.environ.get("PET_RDZV_CONF", ""))}
     backend = os.environ.get("PET_RDZV_BACKEND", "c10d")

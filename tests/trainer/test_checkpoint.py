@@ -1,0 +1,274 @@
+"""Checkpoints: exact resume, resharding across world sizes and strategies, atomic commit (a truncated
+checkpoint is skipped, a save killed half-way never becomes ``latest``), initFrom and the safetensors
+export.  Real processes of ``python -m kubetrain_trainer`` on CPU + gloo."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kubetrain_trainer import checkpoint as ck
+
+from .harness import REPO, base_env
+from .procs import TRAINER, metrics, run_trainer, start_ranks, train_here, wait_for, write_job
+
+pytestmark = [pytest.mark.trainer, pytest.mark.timeout(300)]
+
+TINY = {"preset": "tiny", "seqLen": 32}
+
+
+def _spec(strategy: str, max_steps: int, *, gbs: int = 12, interval: int = 0, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": dict(TINY),
+        "training": {"maxSteps": max_steps, "globalBatchSize": gbs, "gradientClipping": 1.0},
+        "parallelism": {"strategy": strategy},
+        "optimizer": {"type": "AdamW", "lr": 3e-3, "weightDecay": 0.1},
+        "lrSchedule": {"type": "WarmupLR", "params": {"warmup_num_steps": 5, "warmup_type": "linear"}},
+        "checkpoint": {"intervalSteps": interval, "keep": 3},
+    }
+    for key, value in extra.items():
+        spec[key] = value | spec.get(key, {}) if isinstance(value, dict) else value
+    return spec
+
+
+def _model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The model entries of a checkpoint, consolidated in this process (no process group)."""
+    keys = {k for k in _dcp_keys(path) if k.startswith("model.")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+        sd = _load_state_dict_from_keys(keys, checkpoint_id=str(path))
+    return dict(sd["model"])
+
+
+def _dcp_keys(path: Path) -> list[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return list(FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def _losses(recs: list[dict[str, Any]]) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in recs}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    """20 steps straight == 10 steps + checkpoint + resume for 10: bit-identical losses, gradient
+    norms and weights (zero1 on 2 ranks, dropout on: the per-rank RNG state is restored too).  The
+    step-10 save is asynchronous: training goes on while it is written, and what it holds is step 10."""
+    spec = _spec("zero1", 20, gbs=8, interval=10, model={"dropout": 0.1}, checkpoint={"async": True})
+    spec["training"]["microBatchSize"] = 2  # gradient accumulation across the resume
+    job = write_job(tmp_path / "job.json", spec)
+    straight = tmp_path / "straight"
+    _, logs = run_trainer(job, 2, straight)
+    ckpts = straight / "checkpoints"
+    committed_at = [line for line in logs[0].splitlines() if "step-00000010 committed" in line]
+    assert "in the background until step 1" in committed_at[0], logs[0][-3000:]
+    assert ck.read_latest(ckpts) == "step-00000020"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-00000010", "step-00000020"]
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ckpts / "step-00000010", resumed / "checkpoints" / "step-00000010")
+    (resumed / "checkpoints" / "latest").write_text("step-00000010\n")
+    run_trainer(job, 2, resumed)
+    first, second = metrics(straight), metrics(resumed)
+    assert [r["step"] for r in second] == list(range(11, 21))
+    assert [(r["loss"], r["grad_norm"], r["lr"]) for r in second] == [(r["loss"], r["grad_norm"], r["lr"]) for r in first[10:]]
+    a, b = _model_tensors(ckpts / "step-00000020"), _model_tensors(resumed / "checkpoints" / "step-00000020")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = ck.read_meta(ckpts / "step-00000010")
+    assert meta["trainer"]["consumed_samples"] == 80 and meta["world_size"] == 2 and meta["strategy"] == "zero1"
+    keys = _dcp_keys(ckpts / "step-00000010")
+    assert {"rng.rank0.cpu", "rng.rank1.cpu"} <= set(keys)
+    # zero1's optimizer state is sharded by ZeRO: the two ranks' halves make the whole.
+    n_params = len([k for k in keys if k.startswith("model.")]) - 1  # the tied head is one parameter
+    assert len([k for k in keys if k.startswith("optim.state.") and k.endswith(".exp_avg")]) == n_params
+
+
+def test_reshard_across_world_sizes_and_strategies(tmp_path: Path) -> None:
+    """zero3 on 4 ranks → zero2 on 3 → zero1 on 2 → ddp on 1, two steps each, resuming from the
+    previous one's checkpoint: the losses are those of one uninterrupted run at the same global
+    batch (12), and so are the final weights."""
+    chain = [("zero3", 4), ("zero2", 3), ("zero1", 2), ("ddp", 1)]
+    run_dir = tmp_path / "chain"
+    for i, (strategy, world) in enumerate(chain):
+        job = write_job(tmp_path / f"job{i}.json", _spec(strategy, 2 * (i + 1)))
+        if world > 1:
+            run_trainer(job, world, run_dir)
+        else:  # one rank: in this process (no start-up cost), same code path
+            train_here(job, run_dir)
+    ref_dir = tmp_path / "reference"
+    train_here(write_job(tmp_path / "ref.json", _spec("ddp", 8)), ref_dir)
+
+    got, ref = metrics(run_dir), metrics(ref_dir)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    assert [r["world_size"] for r in got] == [4, 4, 3, 3, 2, 2, 1, 1]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], rel=1e-5)
+    assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in ref], rel=1e-4)
+    assert [r["lr"] for r in got] == pytest.approx([r["lr"] for r in ref], rel=1e-9)
+    a = _model_tensors(run_dir / "checkpoints" / "step-00000008")
+    b = _model_tensors(ref_dir / "checkpoints" / "step-00000008")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    # keep=3: the oldest of the four checkpoints is gone
+    assert [s for s, _ in ck.committed_dirs(run_dir / "checkpoints")] == [8, 6, 4]
+
+
+def test_truncated_or_incomplete_checkpoint_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    job = write_job(tmp_path / "job.json", _spec("ddp", 4, gbs=4, interval=2))
+    run_dir = tmp_path / "run"
+    train_here(job, run_dir)
+    root = run_dir / "checkpoints"
+    assert ck.find_latest(root) == (root / "step-00000004", [])
+    data = next((root / "step-00000004").glob("*.distcp"))
+    with data.open("r+b") as f:  # a checkpoint damaged after it was committed (or a torn copy)
+        f.truncate(data.stat().st_size // 2)
+    found, warned = ck.find_latest(root)
+    assert found == root / "step-00000002"
+    assert "is truncated" in warned[0] and "step-00000004" in warned[0]
+    (root / "step-00000002" / ".metadata").unlink()  # incomplete: DCP's index missing
+    assert ck.find_latest(root)[0] is None
+    assert "unreadable" in ck.problem(root / "step-00000002")  # type: ignore[operator]
+
+    # The trainer resumes from the newest complete checkpoint and warns about the damaged one.
+    run_dir2 = tmp_path / "run2"
+    train_here(write_job(tmp_path / "job2.json", _spec("ddp", 6, gbs=4, interval=2)), run_dir2)  # saves 2, 4, 6
+    (run_dir2 / "checkpoints" / "step-00000006" / "kubetrain.json").write_text("{")
+    with caplog.at_level("WARNING", logger="kubetrain_trainer"):
+        train_here(write_job(tmp_path / "job3.json", _spec("ddp", 7, gbs=4, interval=2)), run_dir2)
+    assert "skipping checkpoint" in caplog.text and "step-00000006" in caplog.text
+    assert [r["step"] for r in metrics(run_dir2)][-3:] == [5, 6, 7]  # resumed after step 4
+
+
+def test_save_killed_half_way_leaves_previous_latest(tmp_path: Path) -> None:
+    """The save of step 4 hangs after its data is written (fault injection); SIGKILL then: ``latest``
+    still names step 2, the half-written directory is ignored, and the next start removes it and
+    resumes from step 2."""
+    job = write_job(tmp_path / "job.json", _spec("zero2", 8, gbs=4, interval=2))
+    run_dir = tmp_path / "run"
+    root = run_dir / "checkpoints"
+    argv = [*TRAINER, "--spec", str(job), "--run-dir", str(run_dir)]
+    procs = start_ranks(argv, 2, tmp_path / "logs", env={"KUBETRAIN_FAULT_SAVE_HANG_STEP": "4"})
+    try:
+        wait_for("the step-4 save to hang", lambda: any((p / ".metadata").exists() for p in root.glob("step-00000004.tmp-*")),
+                 120, procs)
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert ck.read_latest(root) == "step-00000002"
+    assert [s for s, _ in ck.committed_dirs(root)] == [2]
+    assert ck.find_latest(root) == (root / "step-00000002", [])
+    train_here(write_job(tmp_path / "job2.json", _spec("zero2", 5, gbs=4, interval=2)), run_dir)  # 2 -> 1 rank
+    assert not list(root.glob("*.tmp-*"))
+    assert [r["step"] for r in metrics(run_dir)][-3:] == [3, 4, 5]
+    assert ck.read_latest(root) == "step-00000005"
+
+
+def _eval_loss_of(weights: dict[str, torch.Tensor], cfg_model: dict[str, Any], seed: int, n: int) -> float:
+    """Mean next-token loss of plain GPT weights on the first ``n`` eval samples: what the trainer
+    logged as eval_loss for evalBatches=1 on one rank."""
+    from kubetrain_trainer.data import SyntheticCorpus
+    from kubetrain_trainer.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(**{k: cfg_model[k] for k in ("n_layers", "n_heads", "d_model", "vocab_size", "seq_len")}))
+    model.load_state_dict(weights)  # strict: a plain state dict, nothing Kubetrain-specific in it
+    batch = torch.from_numpy(SyntheticCorpus(cfg_model["vocab_size"], cfg_model["seq_len"], seed).get(range(n), "eval"))
+    with torch.no_grad():
+        logits = model(batch[:, :-1])
+    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()))
+
+
+def test_init_from_and_safetensors_export(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    spec = _spec("zero3", 4, gbs=4, training={"evalEvery": 4, "evalBatches": 1})
+    src = tmp_path / "src"
+    run_trainer(write_job(tmp_path / "src.json", spec), 2, src)
+    ckpt = src / "checkpoints" / "step-00000004"
+
+    # kubetrain export (fp32): plain safetensors + config.json, equal to the checkpoint's weights
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-m", "kubetrain", "export", str(src), "--format", "safetensors",
+                           "-o", str(out)], cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    weights = load_file(out / "model.safetensors")
+    config = json.loads((out / "config.json").read_text())
+    assert config["step"] == 4 and config["dtype"] == "fp32" and config["quantization"] is None
+    reference = _model_tensors(ckpt)
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[k], reference[k]) for k in weights)
+    # ... and a plain GPT with these weights reproduces the trainer's eval loss at that step
+    eval_loss = [r["eval_loss"] for r in metrics(src) if "eval_loss" in r][-1]
+    assert _eval_loss_of(weights, config["model"], 1234, 4) == pytest.approx(eval_loss, rel=1e-5)
+
+    from kubetrain_trainer.export import dequantize, export
+
+    export(ckpt, tmp_path / "bf16", dtype="bf16")
+    bf16 = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], reference[k].bfloat16()) for k in bf16)
+    export(ckpt, tmp_path / "int8", dtype="int8")
+    q = load_file(tmp_path / "int8" / "model.safetensors")
+    qcfg = json.loads((tmp_path / "int8" / "config.json").read_text())
+    assert qcfg["quantization"]["method"] == "int8-symmetric-per-channel"
+    w = "blocks.0.mlp.fc.weight"
+    assert q[w].dtype == torch.int8 and q[w + "_scale"].shape == (reference[w].shape[0],)
+    deq = dequantize(q)
+    assert deq.keys() == reference.keys()
+    for k, v in reference.items():  # per-row error at most half a quantization step
+        err = (deq[k] - v).abs()
+        bound = q[k + "_scale"].unsqueeze(1) / 2 + 1e-7 if k + "_scale" in q else torch.tensor(0.0)
+        assert bool((err <= bound).all()), k
+    assert _eval_loss_of(deq, qcfg["model"], 1234, 4) == pytest.approx(eval_loss, abs=0.05)
+
+    # initFrom weights: a new job starts at step 1 from those weights, fresh optimizer
+    dst = tmp_path / "dst"
+    init = {"initFrom": {"path": str(src), "mode": "weights"}}
+    train_here(write_job(tmp_path / "dst.json", _spec("ddp", 1, gbs=4, checkpoint=init)), dst)
+    first = metrics(dst)[0]
+    assert first["step"] == 1
+    from kubetrain_trainer.data import SyntheticCorpus
+    from kubetrain_trainer.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(**{k: config["model"][k] for k in ("n_layers", "n_heads", "d_model", "vocab_size", "seq_len")}))
+    model.load_state_dict(weights)
+    batch = torch.from_numpy(SyntheticCorpus(256, 32, 1234).get(range(4)))
+    with torch.no_grad():
+        loss0 = float(torch.nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()))
+    assert first["loss"] == pytest.approx(loss0, rel=1e-5)
+    # initFrom full: optimizer, schedule and data position too; the source is left alone
+    full = tmp_path / "full"
+    init = {"initFrom": {"path": str(ckpt), "mode": "full"}}
+    train_here(write_job(tmp_path / "full.json", _spec("zero2", 6, gbs=4, checkpoint=init)), full)
+    assert [r["step"] for r in metrics(full)] == [5, 6]
+    assert ck.read_latest(src / "checkpoints") == "step-00000004"
+    assert math.isfinite(metrics(full)[-1]["loss"])
+
+
+def test_diloco_resume_is_exact_between_syncs(tmp_path: Path) -> None:
+    """localSGD/DiLoCo keep per-rank optimizer state (and per-rank parameters between syncs): each
+    rank's is checkpointed, so a resume from a step between two syncs is exact too."""
+    spec = _spec("ddp", 6, gbs=8, interval=3, parallelism={"sync": {"mode": "diloco", "diloco": {"syncEvery": 2}}})
+    job = write_job(tmp_path / "job.json", spec)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_trainer(job, 2, straight)
+    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    (resumed / "checkpoints" / "latest").write_text("step-00000003\n")
+    run_trainer(job, 2, resumed)
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(straight)[3:]]
+    keys = _dcp_keys(straight / "checkpoints" / "step-00000006")
+    assert any(k.startswith("local.rank1.optim.state.") for k in keys)
+    assert any(k.startswith("sync.global_params.") for k in keys)
