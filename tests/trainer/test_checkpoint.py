@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,30 @@ def test_diloco_resume_is_exact_between_syncs(tmp_path: Path) -> None:
     keys = _dcp_keys(straight / "checkpoints" / "step-00000006")
     assert any(k.startswith("local.rank1.optim.state.") for k in keys)
     assert any(k.startswith("sync.global_params.") for k in keys)
+
+
+def test_stop_checkpoint_is_bounded_by_save_timeout(tmp_path: Path) -> None:
+    """A stop checkpoint that cannot commit within checkpoint.saveTimeoutSeconds of the SIGTERM gives
+    up with a retryable CheckpointTimeout; the previous checkpoint stays latest."""
+    spec = _spec("ddp", 100_000, gbs=4, interval=2, checkpoint={"saveTimeoutSeconds": 5})
+    job = write_job(tmp_path / "job.json", spec)
+    run_dir = tmp_path / "run"
+    argv = [*TRAINER, "--spec", str(job), "--run-dir", str(run_dir)]
+    env = {"KUBETRAIN_FAULT_STOP_SAVE_SLEEP_SECONDS": "60", "KUBETRAIN_FAULT_STEP_SLEEP_SECONDS": "0.05"}
+    (proc,) = start_ranks(argv, 1, tmp_path / "logs", env=env)
+    try:
+        wait_for("a committed checkpoint", lambda: ck.read_latest(run_dir / "checkpoints") is not None, 120, [proc])
+        before = ck.read_latest(run_dir / "checkpoints")
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1 and 5 <= took < 20, (code, took)
+    record = json.loads((run_dir / "failures" / "rank0.json").read_text())
+    assert record["reason"] == "CheckpointTimeout" and "saveTimeoutSeconds=5" in record["message"]
+    latest = ck.read_latest(run_dir / "checkpoints")
+    assert latest is not None and latest >= (before or "")  # an interval save may have landed meanwhile
+    assert ck.find_latest(run_dir / "checkpoints")[0] == run_dir / "checkpoints" / latest

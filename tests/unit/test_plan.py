@@ -78,10 +78,10 @@ def test_gpt_size_resolves_preset_then_overrides_like_the_trainer() -> None:
 
 
 def test_presets_equal_the_trainers_table() -> None:
-    """Until the trainer imports kubetrain.modelsize.PRESETS, the two copies must agree."""
+    """The trainer reads kubetrain.modelsize's table: one copy, so `plan` describes what it builds."""
     from kubetrain_trainer import config  # pure Python, no torch
 
-    assert config.PRESETS == PRESETS
+    assert config.PRESETS is PRESETS and config.PRESETS == PRESETS
 
 
 def test_flops_per_token_is_6n_plus_attention() -> None:
@@ -104,18 +104,18 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
 )
 def test_count_equals_the_trainers_module(sizes: dict[str, Any]) -> None:
     torch = pytest.importorskip("torch")
-    from kubetrain_trainer.models.gpt import GPT, GPTConfig
-    from kubetrain_trainer.models.gpt import flops_per_token as trainer_fpt
+    from kubetrain_trainer.config import ModelConfig
+    from kubetrain_trainer.models import build_model
 
     with torch.device("meta"):  # no memory, instant even for 1.3B
-        model = GPT(GPTConfig(**sizes))
+        built = build_model(ModelConfig(**sizes, preset=None))
+    model = built.module
     n = sum(p.numel() for p in model.parameters())
-    assert gpt_param_count(**sizes) == n
+    assert gpt_param_count(**sizes) == n == built.n_params
     size = GPTSize(**sizes)
     parts = gpt_param_breakdown(size)
-    assert parts.per_layer == sum(p.numel() for p in model.blocks[0].parameters())
-    if size.tie_embeddings:  # the trainer's own FLOPs formula agrees where it is right
-        assert gpt_flops_per_token(size) == trainer_fpt(GPTConfig(**sizes), n)
+    assert parts.per_layer == sum(p.numel() for p in model.blocks[0].parameters())  # type: ignore[index]
+    assert built.flops_per_token == gpt_flops_per_token(size)  # the trainer's MFU uses the plan's FLOPs
 
 
 # ---------------------------------------------------------------------------- ZeRO formulas

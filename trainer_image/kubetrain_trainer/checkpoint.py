@@ -57,6 +57,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -399,7 +400,8 @@ class Checkpointer:
         if self.cfg.async_:
             # The background write's collectives must not interleave with the training step's on
             # the default group: a group of its own (gloo: async_save needs a CPU backend).
-            self.async_group = dist.new_group(backend="gloo")
+            timeout = timedelta(seconds=trainer.cfg.elastic.collective_timeout_seconds)
+            self.async_group = dist.new_group(backend="gloo", timeout=timeout)
         self._flag_index = len(trainer.flag_sources)
         trainer.flag_sources.append(self._pending_done_flag)
         if self.rank == 0:
@@ -659,8 +661,10 @@ class Checkpointer:
             f"step {self.last_committed})"
         )
         log.error("%s", message)
-        write_marker(self.launch_dir, "failure", self.rank, {"reason": "CheckpointTimeout", "message": message,
-                                                            "step": step})
+        from .cli import write_failure  # the worker's failure record: termination log, run dir, launcher
+
+        write_failure(self.trainer.run_dir, self.rank, "CheckpointTimeout", message, step)
+        logging.shutdown()
         os._exit(EXIT_RETRYABLE)
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetrain import modelsize as _modelsize
+
 from .errors import SpecError
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
@@ -26,13 +28,10 @@ OPTIMIZERS = ("AdamW", "Adam", "SGD")
 DATA_TYPES = ("synthetic", "tokens", "text")
 SYNC_MODES = ("allreduce", "localSGD", "diloco", "powerSGD")
 
-# Built-in GPT presets (n_layers, n_heads, d_model, vocab_size, seq_len).
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"n_layers": 2, "n_heads": 2, "d_model": 64, "vocab_size": 256, "seq_len": 64},
-    "124M": {"n_layers": 12, "n_heads": 12, "d_model": 768, "vocab_size": 50304, "seq_len": 1024},
-    "350M": {"n_layers": 24, "n_heads": 16, "d_model": 1024, "vocab_size": 50304, "seq_len": 1024},
-    "1.3B": {"n_layers": 24, "n_heads": 16, "d_model": 2048, "vocab_size": 50304, "seq_len": 2048},
-}
+# Built-in GPT presets (n_layers, n_heads, d_model, vocab_size, seq_len): kubetrain.modelsize is the
+# single source of truth (pure Python; `kubetrain plan` reads the same table).
+PRESETS = _modelsize.PRESETS
+DEFAULT_PRESET = _modelsize.DEFAULT_PRESET
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ class _Reader:
 def _model(r: _Reader) -> ModelConfig:
     entrypoint = r.str_("entrypoint", None)
     preset = r.str_("preset", None, tuple(PRESETS))
-    base = dict(PRESETS[preset or "tiny"])
+    base = dict(PRESETS[preset or DEFAULT_PRESET])
     sizes = {
         "n_layers": r.int_("nLayers", base["n_layers"], minimum=1),
         "n_heads": r.int_("nHeads", base["n_heads"], minimum=1),
@@ -269,7 +268,7 @@ def _model(r: _Reader) -> ModelConfig:
         **sizes,
         tie_embeddings=r.bool_("tieEmbeddings", True),
         dropout=dropout,
-        preset=(preset or "tiny") if entrypoint is None else None,
+        preset=(preset or DEFAULT_PRESET) if entrypoint is None else None,
         entrypoint=entrypoint,
         entrypoint_args=r.dict_("entrypointArgs"),
     )

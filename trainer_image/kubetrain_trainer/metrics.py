@@ -22,43 +22,19 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kubetrain import modelsize
+
 DEFAULT_PORT = 9090
 
-# Dense peak TFLOP/s per GPU model by compute dtype (tf32 for fp32). Matched by substring of the
-# CUDA device name, most specific first.
-PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("GB200", {"fp32": 1250.0, "bf16": 2500.0, "fp8": 5000.0}),
-    ("B200", {"fp32": 1100.0, "bf16": 2250.0, "fp8": 4500.0}),
-    ("H200", {"fp32": 494.5, "bf16": 989.0, "fp8": 1979.0}),
-    ("H100 PCIe", {"fp32": 378.0, "bf16": 756.0, "fp8": 1513.0}),
-    ("H100", {"fp32": 494.5, "bf16": 989.0, "fp8": 1979.0}),
-    ("H800", {"fp32": 494.5, "bf16": 989.0, "fp8": 1979.0}),
-    ("H20", {"fp32": 74.0, "bf16": 148.0, "fp8": 296.0}),
-    ("GH200", {"fp32": 494.5, "bf16": 989.0, "fp8": 1979.0}),
-    ("A100", {"fp32": 156.0, "bf16": 312.0}),
-    ("A800", {"fp32": 156.0, "bf16": 312.0}),
-    ("L40S", {"fp32": 183.0, "bf16": 362.0, "fp8": 733.0}),
-    ("L40", {"fp32": 90.5, "bf16": 181.0, "fp8": 362.0}),
-    ("L4", {"fp32": 60.0, "bf16": 121.0, "fp8": 242.0}),
-    ("A10G", {"fp32": 35.0, "bf16": 70.0}),
-    ("A10", {"fp32": 62.5, "bf16": 125.0}),
-    ("RTX 4090", {"fp32": 82.6, "bf16": 165.0, "fp8": 330.0}),
-    ("V100", {"fp32": 15.7, "bf16": 125.0}),  # fp16 tensor cores; no bf16
-    ("T4", {"fp32": 8.1, "bf16": 65.0}),
-]
-
-
 def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """Peak FLOP/s of one device for a compute dtype; None on CPU or an unknown GPU."""
+    """Peak FLOP/s of one device for a compute dtype (``kubetrain.modelsize``'s GPU table, the one
+    ``kubetrain plan`` uses); None on CPU or an unknown GPU.  fp32 counts TF32 tensor cores only
+    when PyTorch is allowed to use them for matmuls."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    key = {"fp16": "bf16", "fp8": "fp8"}.get(dtype, dtype)
-    for model, table in PEAK_TFLOPS:
-        if model in name:
-            value = table.get(key) or table.get("bf16")
-            return value * 1e12 if value else None
-    return None
+    return modelsize.peak_flops(
+        torch.cuda.get_device_name(device), dtype, tf32=bool(torch.backends.cuda.matmul.allow_tf32)
+    )
 
 
 def peak_memory_bytes(device: torch.device) -> int:

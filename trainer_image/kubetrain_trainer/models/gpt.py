@@ -104,9 +104,3 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
-
-
-def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6N (N without the position embedding) + 12 * L * H * Q * T (attention)."""
-    n = n_params - cfg.seq_len * cfg.d_model
-    return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.seq_len
