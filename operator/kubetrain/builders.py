@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,82 @@ def nnodes(spec: api.TrainingJobSpec) -> str:
 def rendezvous_endpoint(job: JobRef) -> str:
     """Worker 0's stable DNS name under the headless Service (resolves to its current incarnation)."""
     return f"{n.hostname(job.name, 0)}.{n.service_name(job.name)}:{n.RENDEZVOUS_PORT}"
+
+
+# ------------------------------------------------------------------------- gang scheduling
+
+# gang mode -> (PodGroup apiVersion, schedulerName of the pods)
+GANG_SCHEDULERS = {
+    "volcano": ("scheduling.volcano.sh/v1beta1", "volcano"),
+    "scheduler-plugins": ("scheduling.x-k8s.io/v1alpha1", "scheduler-plugins-scheduler"),
+    # Kubernetes' own gang scheduling (KEP-4671; alpha since 1.35: the GenericWorkload and
+    # GangScheduling feature gates and the scheduling.k8s.io/v1alpha2 API), by the default
+    # scheduler. Its PodGroup policy is immutable: a change replaces the object.
+    "kubernetes": ("scheduling.k8s.io/v1alpha2", "default-scheduler"),
+}
+NATIVE_GANG = "kubernetes"
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+PLUGINS_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+
+
+def gang_mode(spec: api.TrainingJobSpec) -> str:
+    return spec.run_policy.scheduling.gang if spec.run_policy.scheduling else "none"
+
+
+def scale_quantity(q: int | str, times: int) -> int | str:
+    """A resource quantity times `times` ("64Gi" x 2 = "128Gi"); unparseable ones unchanged."""
+    if isinstance(q, int):
+        return q * times
+    m = _QUANTITY.match(q.strip())
+    if not m:
+        return q
+    number = float(m.group(1)) * times
+    text = str(int(number)) if number.is_integer() else f"{number:g}"
+    return f"{text}{m.group(2)}"
+
+
+def min_resources(spec: api.TrainingJobSpec) -> dict[str, int | str]:
+    """What minReplicas workers request together (requests, else limits, plus the GPUs)."""
+    r = spec.workers.resources
+    per: dict[str, int | str] = dict((r.limits or {}) if r else {})
+    per.update((r.requests or {}) if r else {})
+    if spec.workers.gpus_per_worker:
+        per["nvidia.com/gpu"] = spec.workers.gpus_per_worker
+    return {k: scale_quantity(v, spec.workers.min) for k, v in sorted(per.items())}
+
+
+def build_pod_group(job: JobRef, spec: api.TrainingJobSpec) -> dict[str, Any] | None:
+    """The PodGroup of the gang scheduler (Kubernetes', Volcano's or scheduler-plugins'), or None."""
+    mode, sched = gang_mode(spec), spec.run_policy.scheduling
+    if mode not in GANG_SCHEDULERS or sched is None:
+        return None
+    api_version, _ = GANG_SCHEDULERS[mode]
+    group_spec: dict[str, Any]
+    if mode == NATIVE_GANG:
+        group_spec = {"schedulingPolicy": {"gang": {"minCount": spec.workers.min}}}
+    else:
+        group_spec = {"minMember": spec.workers.min, "minResources": min_resources(spec)}
+    if mode == "volcano":
+        if sched.queue:
+            group_spec["queue"] = sched.queue
+        if sched.priority_class_name or spec.workers.priority_class_name:
+            group_spec["priorityClassName"] = sched.priority_class_name or spec.workers.priority_class_name
+    elif mode == "scheduler-plugins":
+        group_spec["scheduleTimeoutSeconds"] = sched.scheduling_timeout_seconds
+    return {
+        "apiVersion": api_version,
+        "kind": "PodGroup",
+        "metadata": {
+            "name": n.pod_group_name(job.name),
+            "namespace": job.namespace,
+            "labels": job.labels(),
+            # a change of minMember and co. is written through when the hash differs
+            "annotations": {n.ANNOTATION_SPEC_HASH: spec_hash(group_spec)},
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": group_spec,
+    }
 
 
 # --------------------------------------------------------------------------------- Service
@@ -263,6 +340,15 @@ def build_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    mode = gang_mode(spec)
+    if mode == NATIVE_GANG:
+        pod_spec["schedulingGroup"] = {"podGroupName": n.pod_group_name(job.name)}
+    elif mode in GANG_SCHEDULERS:
+        pod_spec["schedulerName"] = GANG_SCHEDULERS[mode][1]
+        if mode == "volcano":
+            annotations[VOLCANO_GROUP_ANNOTATION] = n.pod_group_name(job.name)
+        else:
+            labels[PLUGINS_GROUP_LABEL] = n.pod_group_name(job.name)
     if w.service_account_name:
         pod_spec["serviceAccountName"] = w.service_account_name
     else:

@@ -29,6 +29,7 @@ import kopf
 
 from kubetrain import GROUP, PLURAL, VERSION
 from kubetrain import names as n
+from kubetrain.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.conditions import rfc3339
 from kubetrain.kubeio import ApiError, Kube, load_client, merge_patch
 from kubetrain.observed import Observed, pod_view
@@ -37,12 +38,13 @@ from kubetrain.progress import ProgressPoller, target_of
 from kubetrain.reconcile import (
     Create,
     Decision,
+    DeleteChild,
     DeleteJob,
     DeletePod,
     Event,
     Job,
     Settings,
-    UpdateConfigMap,
+    Update,
     reconcile,
     spec_problems,
     workers_created_event,
@@ -234,12 +236,14 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         blocking(rt, kube.get, "Service", namespace, n.service_name(name)),
         blocking(rt, kube.get, "ConfigMap", namespace, n.config_map_name(name)),
     )
-    cm_hash = None
-    if config_map is not None:
-        cm_hash = ((config_map.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_SPEC_HASH, "")
+    cm_hash = _hash_of(config_map)
+    group_hash = None
+    if job.spec is not None and gang_mode(job.spec) in GANG_SCHEDULERS:
+        api_version = GANG_SCHEDULERS[gang_mode(job.spec)][0]
+        group_hash = _hash_of(await blocking(rt, kube.get, "PodGroup", namespace, n.pod_group_name(name), api_version))
     reading = rt.poller.readings.get(key) if rt.poller is not None else None
     observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None,
-                        config_map_hash=cm_hash, progress=reading)
+                        config_map_hash=cm_hash, pod_group_hash=group_hash, progress=reading)
     decision = reconcile(job, observed, rt.clock(), rt.settings)
 
     # Record first, act second: a crash in between replays the same decision, never a different one.
@@ -263,6 +267,13 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     rt.last_pass = time.monotonic()
     due = decision.requeue_after
     return rt.settings.resync_seconds if due is None else min(due, rt.settings.resync_seconds)
+
+
+def _hash_of(child: dict[str, Any] | None) -> str | None:
+    """The spec-hash annotation of a child ("" if it has none), None if there is no child."""
+    if child is None:
+        return None
+    return str(((child.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_SPEC_HASH, ""))
 
 
 async def _tell(rt: Runtime, obj: dict[str, Any], events: list[Event]) -> None:
@@ -298,10 +309,25 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
 
     # Service and ConfigMap before pods: a pod must find its spec volume when it starts.
     for child in decision.actions:
+        fn: Callable[[dict[str, Any]], Any]
         if isinstance(child, Create) and child.kind != "Pod":
-            await run(kube.create, child.manifest)
-        elif isinstance(child, UpdateConfigMap):
-            await run(kube.patch, child.manifest)
+            fn = kube.create
+        elif isinstance(child, Update):
+            fn = kube.patch
+        elif isinstance(child, DeleteChild):
+            fn = kube.delete
+        else:
+            continue
+        try:
+            await run(fn, child.manifest)
+        except ApiError as e:
+            if e.status != 404 or child.manifest["kind"] != "PodGroup":
+                raise
+            # The gang scheduler's API is not installed: say so; the pods wait for a scheduler
+            # that never comes, and the scheduling timeout (if set) ends the attempt.
+            events.append(Event("Warning", "PodGroupUnavailable",
+                                f"cannot create the PodGroup: {child.manifest['apiVersion']} is not served "
+                                "(is the gang scheduler installed?)"))
 
     deletes = [a for a in decision.actions if isinstance(a, DeletePod)]
     gone = await each(kube.delete_pod, [(job.namespace, a.name) for a in deletes])

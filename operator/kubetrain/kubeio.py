@@ -134,9 +134,9 @@ class Kube:
                         query={"labelSelector": n.selector(job)})
         return [p for p in out.get("items") or [] if owned_by(p, uid)]
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, kind: str, namespace: str, name: str, api_version: str = "v1") -> dict[str, Any] | None:
         try:
-            return dict(self.call("GET", self._path(kind, namespace, name)))
+            return dict(self.call("GET", self._path(kind, namespace, name, api_version)))
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -146,7 +146,7 @@ class Kube:
         """True when created, False when it already existed (names are deterministic)."""
         meta = manifest["metadata"]
         try:
-            self.call("POST", self._path(manifest["kind"], meta["namespace"]), manifest)
+            self.call("POST", self._path(manifest["kind"], meta["namespace"], "", manifest["apiVersion"]), manifest)
         except ApiError as e:
             if e.status == 409:
                 return False
@@ -155,7 +155,12 @@ class Kube:
 
     def patch(self, manifest: dict[str, Any]) -> None:
         meta = manifest["metadata"]
-        self.call("PATCH", self._path(manifest["kind"], meta["namespace"], meta["name"]), manifest, MERGE_PATCH)
+        path = self._path(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"])
+        self.call("PATCH", path, manifest, MERGE_PATCH)
+
+    def delete(self, manifest: dict[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        return self._delete(self._path(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"]), None)
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         """Graceful delete (the pod's own terminationGracePeriodSeconds); False if already gone."""
@@ -171,9 +176,10 @@ class Kube:
         return True
 
     @staticmethod
-    def _path(kind: str, namespace: str, name: str = "") -> str:
-        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}[kind]
-        base = f"/api/v1/namespaces/{_q(namespace)}/{plural}"
+    def _path(kind: str, namespace: str, name: str = "", api_version: str = "v1") -> str:
+        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "PodGroup": "podgroups"}[kind]
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        base = f"{prefix}/namespaces/{_q(namespace)}/{plural}"
         return f"{base}/{_q(name)}" if name else base
 
 

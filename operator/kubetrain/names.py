@@ -76,3 +76,8 @@ def pod_name(job: str, index: int, generation: int, incarnation: int) -> str:
     waits for its predecessor (maybe stuck Terminating on a lost node) to free the name."""
     suffix = f"-worker-{index}-{generation}-{incarnation}"
     return fit(job, DNS_SUBDOMAIN_MAX - len(suffix)) + suffix
+
+
+def pod_group_name(job: str) -> str:
+    """The gang scheduler's PodGroup: one per job, across restarts."""
+    return fit(job, DNS_SUBDOMAIN_MAX)

@@ -39,6 +39,7 @@ class PodView:
     message: str = ""  # termination message
     disrupted: bool = False  # evicted, preempted by the scheduler, node lost (DisruptionTarget)
     nnodes: str = ""
+    created: dt.datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -77,6 +78,7 @@ class Observed:
     pods: tuple[PodView, ...] = ()
     service: bool = False
     config_map_hash: str | None = None  # None: no ConfigMap
+    pod_group_hash: str | None = None  # None: no PodGroup (or the job wants none)
     progress: ProgressReading | None = None
 
 
@@ -139,7 +141,17 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         message=str(message),
         disrupted=disrupted,
         nnodes=(meta.get("annotations") or {}).get(n.ANNOTATION_NNODES, ""),
+        created=_time(meta.get("creationTimestamp")),
     )
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:

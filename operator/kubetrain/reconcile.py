@@ -34,6 +34,8 @@ non-terminal phase. Every decision sets a condition reason and emits an Event:
   ... set back to false             Pending      Suspended (False, Resumed)           Resumed
   ttlSecondsAfterFinished passed    (deleted)    -                                    TTLExpired
   spec invalid (e.g. DeepSpeed)     Failed       Failed (True, InvalidSpec)           Warning InvalidSpec
+  gang not placed in time (retry)   Restarting   Scheduled (False, Unschedulable)     Warning Unschedulable
+  ... maxAttempts reached           Failed       Failed (True, Unschedulable)         Warning Unschedulable
   step stalled, watchdog restart    Restarting   Running (False, ProgressStalled)     Warning ProgressStalled
   step stalled, watchdog fail       Failed       Failed (True, ProgressStalled)       Warning ProgressStalled
 
@@ -56,10 +58,13 @@ from kubetrain import conditions as c
 from kubetrain import names as n
 from kubetrain.builders import (
     DEFAULT_TRAINER_IMAGE,
+    NATIVE_GANG,
     JobRef,
     build_config_map,
     build_pod,
+    build_pod_group,
     build_service,
+    gang_mode,
     nnodes,
 )
 from kubetrain.observed import Observed, PodView
@@ -165,8 +170,16 @@ class Create:
 
 
 @dataclass(frozen=True)
-class UpdateConfigMap:
-    """Write a changed spec through to the existing ConfigMap (new pods read the new spec)."""
+class Update:
+    """Merge-patch an existing child whose wanted content changed (the spec ConfigMap: new
+    pods read the new spec; the PodGroup: a new minMember)."""
+
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteChild:
+    """Delete a child other than a pod (NotFound counts as done)."""
 
     manifest: dict[str, Any]
 
@@ -185,7 +198,7 @@ class DeleteJob:
     """Delete the TrainingJob itself (ttlSecondsAfterFinished); children go with it."""
 
 
-Action = Create | UpdateConfigMap | DeletePod | DeleteJob
+Action = Create | Update | DeleteChild | DeletePod | DeleteJob
 
 
 @dataclass
@@ -491,7 +504,17 @@ class _Pass:
         if self.observed.config_map_hash is None:
             self.actions.append(Create(cm))
         elif self.observed.config_map_hash != want:
-            self.actions.append(UpdateConfigMap(cm))
+            self.actions.append(Update(cm))
+        assert self.job.spec is not None
+        group = build_pod_group(ref, self.job.spec)
+        if group is not None:
+            want = group["metadata"]["annotations"][n.ANNOTATION_SPEC_HASH]
+            if self.observed.pod_group_hash is None:
+                self.actions.append(Create(group))
+            elif self.observed.pod_group_hash != want:
+                # Kubernetes' PodGroup policy is immutable: replace it (created again next pass).
+                native = gang_mode(self.job.spec) == NATIVE_GANG
+                self.actions.append(DeleteChild(group) if native else Update(group))
         self.drop_old_generations()
 
     def replace_lost(self) -> None:
@@ -599,6 +622,9 @@ class _Pass:
         cur = [p for p in self.live() if p.generation == self.gen and p.index < desired and not p.finished]
         running = [p for p in cur if p.phase == "Running"]
         self.scheduled(cur, w.min, desired)
+        released = self.gang_timeout(spec, cur, desired)
+        if released is not None:
+            return released
 
         if len(running) >= w.min:
             if self.st.phase != "Running":
@@ -664,6 +690,38 @@ class _Pass:
                       f"{placed} of {desired} workers scheduled; pod {stuck.name}: {stuck.unschedulable}")
         else:
             self.cond(c.SCHEDULED, False, R_PENDING, f"{placed} of {desired} workers scheduled, {minimum} needed")
+
+
+    def gang_timeout(self, spec: api.TrainingJobSpec, cur: list[PodView], desired: int) -> Decision | None:
+        """With runPolicy.scheduling set: fewer than minReplicas scheduled for
+        schedulingTimeoutSeconds releases the whole gang (the scheduled pods too: a partial
+        gang must not sit on GPUs), then retries after a backoff, and fails after maxAttempts."""
+        sched, w = spec.run_policy.scheduling, spec.workers
+        if sched is None or not cur:
+            return None
+        placed = sum(1 for p in cur if p.node)
+        if placed >= w.min:
+            return None
+        starts = [p.created for p in cur if p.created is not None]
+        start = min(starts) if starts else self.now
+        cond = c.get(self.old.conditions or [], c.SCHEDULED)  # as it was before this pass
+        since = c.parse_time(cond.last_transition_time) if cond is not None and cond.status == "False" else None
+        if since is not None and since > start:
+            start = since  # scheduled once, then lost workers: the clock starts at the drop
+        expiry = start + dt.timedelta(seconds=sched.scheduling_timeout_seconds)
+        if self.now < expiry:
+            self.at(expiry)
+            return None
+        attempts = (self.st.scheduling_attempts or 0) + 1
+        self.st.scheduling_attempts = attempts
+        what = (f"only {placed} of at least {w.min} workers were scheduled within "
+                f"{sched.scheduling_timeout_seconds}s (attempt {attempts} of {sched.max_attempts})")
+        self.cond(c.SCHEDULED, False, R_UNSCHEDULABLE, what)
+        if attempts >= sched.max_attempts:
+            return self.finish(False, R_UNSCHEDULABLE, f"{what}: giving up")
+        delay = backoff_seconds(attempts, self.settings)
+        return self.restart("unschedulable", "Warning", R_UNSCHEDULABLE,
+                            f"{what}: releasing every worker, retrying in {delay:.0f}s", desired, delay)
 
 
 def reconcile(job: Job, observed: Observed, now: dt.datetime, settings: Settings | None = None) -> Decision:

@@ -538,6 +538,100 @@ def test_progress_is_polled_and_a_stall_restarts_the_gang(cluster: Cluster, name
     wait_for(lambda: "ProgressStalled" in events(cluster, namespace, "watched"), 10, "the ProgressStalled Event")
 
 
+def test_gang_not_placed_in_time_is_released_then_fails(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    """One worker more than the KWOK nodes have GPUs for: the placed workers are released too
+    (a partial gang must not sit on GPUs), the gang is retried, and the job fails at maxAttempts."""
+    replicas = cluster.node_count + 1
+    apply(cluster, namespace, tj("toobig", workers={"replicas": replicas, "gpusPerWorker": 8},
+                                 runPolicy={"scheduling": {"schedulingTimeoutSeconds": 10, "maxAttempts": 2}}))
+    first = wait_for(lambda: len(ps := pods(cluster, namespace, "toobig")) == replicas
+                     and sum(1 for p in ps if p["spec"].get("nodeName")) >= 1 and ps, 30, "the gang partly placed")
+    s = status(cluster, namespace, "toobig")
+    assert s["phase"] == "Pending" and condition(s, "Scheduled")["status"] == "False"
+    s = wait_for(lambda: (x := status(cluster, namespace, "toobig")).get("schedulingAttempts") == 1 and x, 30,
+                 "the first release")
+    assert s["restarts"]["unschedulable"] == 1 and s["restarts"]["failure"] == 0
+    assert condition(s, "Scheduled")["reason"] == "Unschedulable"
+    wait_for(lambda: not set(names(first)) & set(names(pods(cluster, namespace, "toobig"))), 20,
+             "every pod of the first attempt deleted, the scheduled ones too")
+    s = wait_phase(cluster, namespace, "toobig", "Failed", timeout=40)
+    assert condition(s, "Failed")["reason"] == "Unschedulable" and s["schedulingAttempts"] == 2
+    wait_for(lambda: not pods(cluster, namespace, "toobig"), 20, "the last gang released")
+    wait_for(lambda: events(cluster, namespace, "toobig").count("Unschedulable") >= 2, 10, "Unschedulable Events")
+
+
+POD_GROUP_CRDS = [
+    ("podgroups.scheduling.volcano.sh", "scheduling.volcano.sh", "v1beta1"),
+    ("podgroups.scheduling.x-k8s.io", "scheduling.x-k8s.io", "v1alpha1"),
+]
+
+
+def _pod_group_crd(name: str, group: str, version: str) -> dict[str, Any]:
+    """Just enough of the gang schedulers' PodGroup CRDs to store the objects (the schedulers
+    themselves cannot run here)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": "PodGroup", "plural": "podgroups", "singular": "podgroup"},
+                 "versions": [{"name": version, "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+def test_pod_groups_for_volcano_and_scheduler_plugins(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    for crd in POD_GROUP_CRDS:
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(_pod_group_crd(*crd)))
+    for crd in POD_GROUP_CRDS:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd[0]}")
+    workers = {"replicas": 3, "minReplicas": 2, "maxReplicas": 3, "gpusPerWorker": 8}
+    apply(cluster, namespace, tj("vc", workers=workers,
+                                 runPolicy={"scheduling": {"gang": "volcano", "queue": "research",
+                                                           "priorityClassName": "batch-high"}}))
+    apply(cluster, namespace, tj("sp", workers=workers,
+                                 runPolicy={"scheduling": {"gang": "scheduler-plugins", "schedulingTimeoutSeconds": 90}}))
+    for job_name, resource, scheduler in (("vc", "podgroups.scheduling.volcano.sh", "volcano"),
+                                          ("sp", "podgroups.scheduling.x-k8s.io", "scheduler-plugins-scheduler")):
+        pg = wait_for(lambda j=job_name, r=resource: cluster.kubectl("get", r, j, "-n", namespace, "-o", "json",
+                                                                      check=False).stdout, 20, f"{resource} {job_name}")
+        group = json.loads(pg)
+        assert group["spec"]["minMember"] == 2
+        assert group["spec"]["minResources"]["nvidia.com/gpu"] == 16
+        assert group["metadata"]["ownerReferences"][0]["name"] == job_name
+        ps = wait_for(lambda j=job_name: len(x := pods(cluster, namespace, j)) == 3 and x, 20, f"{job_name} pods")
+        assert {p["spec"]["schedulerName"] for p in ps} == {scheduler}
+        assert all(p["status"].get("phase") == "Pending" for p in ps)  # no such scheduler runs here
+    vc = json.loads(cluster.kubectl("get", "podgroups.scheduling.volcano.sh", "vc", "-n", namespace, "-o", "json").stdout)
+    assert vc["spec"]["queue"] == "research" and vc["spec"]["priorityClassName"] == "batch-high"
+    sp = json.loads(cluster.kubectl("get", "podgroups.scheduling.x-k8s.io", "sp", "-n", namespace, "-o", "json").stdout)
+    assert sp["spec"]["scheduleTimeoutSeconds"] == 90
+    assert all(p["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "vc" for p in pods(cluster, namespace, "vc"))
+    assert all(p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "sp" for p in pods(cluster, namespace, "sp"))
+
+
+def test_kubernetes_native_gang(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    """gang: kubernetes uses the control plane's own gang scheduling (scheduling.k8s.io/v1alpha2
+    PodGroup, alpha behind the GenericWorkload and GangScheduling gates). Where the API is
+    served, the scheduler places all of minReplicas or none; where it is not, the job says so
+    (PodGroupUnavailable) and its pods are scheduled one by one."""
+    served = cluster.kubectl("get", "podgroups.scheduling.k8s.io", "-n", namespace, check=False).returncode == 0
+    replicas = cluster.node_count + 1
+    apply(cluster, namespace, tj("native", workers={"replicas": replicas, "gpusPerWorker": 8},
+                                 runPolicy={"scheduling": {"gang": "kubernetes"}}))
+    ps = wait_for(lambda: len(x := pods(cluster, namespace, "native")) == replicas and x, 20, "the gang's pods")
+    assert {p["spec"].get("schedulingGroup", {}).get("podGroupName") for p in ps} == ({"native"} if served else {None})
+    if served:
+        group = cluster.kubectl_json("get", "podgroups.scheduling.k8s.io", "native", "-n", namespace)
+        assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": replicas}}
+        time.sleep(3)  # all or nothing: not one of them is bound while the gang cannot fit
+        assert not [p for p in pods(cluster, namespace, "native") if p["spec"].get("nodeName")]
+    else:
+        wait_for(lambda: "PodGroupUnavailable" in events(cluster, namespace, "native"), 10, "PodGroupUnavailable")
+        wait_for(lambda: sum(1 for p in pods(cluster, namespace, "native") if p["spec"].get("nodeName")) >= 1, 20,
+                 "pods scheduled one by one")
+
+
 def test_suspend_and_resume(cluster: Cluster, namespace: str, operator: Operator) -> None:
     apply(cluster, namespace, tj("pause", workers={"replicas": 2}))
     ps = wait_running(cluster, namespace, "pause", 2)

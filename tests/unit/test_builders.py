@@ -6,14 +6,17 @@ import json
 from typing import Any
 
 import pytest
+
 from kubetrain import api
 from kubetrain import names as n
 from kubetrain.builders import (
     JobRef,
     build_config_map,
     build_pod,
+    build_pod_group,
     build_service,
     rendezvous_endpoint,
+    scale_quantity,
     spec_hash,
 )
 
@@ -256,3 +259,69 @@ def test_builders_are_pure() -> None:
     before = s.model_dump()
     pod(s)
     assert s.model_dump() == before
+
+
+# -------------------------------------------------------------------------- gang scheduling
+
+
+def gang(mode: str, **sched: Any) -> api.TrainingJobSpec:
+    return api.TrainingJobSpec.model_validate({
+        "workers": {"replicas": 4, "minReplicas": 2, "maxReplicas": 6, "gpusPerWorker": 8,
+                    "resources": {"requests": {"cpu": "12", "memory": "64Gi"}}, "priorityClassName": "high"},
+        "runPolicy": {"scheduling": {"gang": mode, **sched}},
+    })
+
+
+def test_volcano_pod_group_and_pods() -> None:
+    s = gang("volcano", queue="research", schedulingTimeoutSeconds=120)
+    pg = build_pod_group(JOB, s)
+    assert pg is not None
+    assert pg["apiVersion"] == "scheduling.volcano.sh/v1beta1" and pg["kind"] == "PodGroup"
+    assert pg["metadata"]["name"] == "demo" and pg["metadata"]["ownerReferences"][0]["uid"] == JOB.uid
+    assert pg["spec"] == {"minMember": 2, "queue": "research", "priorityClassName": "high",
+                          "minResources": {"cpu": "24", "memory": "128Gi", "nvidia.com/gpu": 16}}
+    p = pod(s)
+    assert p["spec"]["schedulerName"] == "volcano"
+    assert p["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "demo"
+
+
+def test_scheduler_plugins_pod_group_and_pods() -> None:
+    s = gang("scheduler-plugins", schedulingTimeoutSeconds=120, priorityClassName="gang-prio")
+    pg = build_pod_group(JOB, s)
+    assert pg is not None
+    assert pg["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert pg["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 120,
+                          "minResources": {"cpu": "24", "memory": "128Gi", "nvidia.com/gpu": 16}}
+    p = pod(s)
+    assert p["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "demo"
+
+
+def test_kubernetes_native_pod_group_and_pods() -> None:
+    s = gang("kubernetes")
+    pg = build_pod_group(JOB, s)
+    assert pg is not None
+    assert pg["apiVersion"] == "scheduling.k8s.io/v1alpha2" and pg["kind"] == "PodGroup"
+    assert pg["spec"] == {"schedulingPolicy": {"gang": {"minCount": 2}}}
+    p = pod(s)
+    assert p["spec"]["schedulingGroup"] == {"podGroupName": "demo"}
+    assert "schedulerName" not in p["spec"]  # the default scheduler enforces it
+
+
+def test_no_pod_group_without_a_gang_scheduler() -> None:
+    assert build_pod_group(JOB, gang("none")) is None
+    assert "schedulerName" not in pod(gang("none"))["spec"] and "schedulingGroup" not in pod(gang("none"))["spec"]
+    assert build_pod_group(JOB, spec(replicas=2)) is None
+
+
+@pytest.mark.parametrize(("q", "times", "want"), [
+    (8, 2, 16), ("64Gi", 2, "128Gi"), ("500m", 3, "1500m"), ("0.5", 3, "1.5"), ("1e3", 2, "1e3"),
+])
+def test_scale_quantity(q: int | str, times: int, want: int | str) -> None:
+    assert scale_quantity(q, times) == want
+
+
+def test_a_changed_gang_changes_the_pod_group_hash() -> None:
+    a, b = build_pod_group(JOB, gang("volcano")), build_pod_group(JOB, gang("volcano", queue="other"))
+    assert a is not None and b is not None
+    assert a["metadata"]["annotations"] != b["metadata"]["annotations"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+
 from kubetrain import names as n
 from kubetrain.builders import build_config_map
 from kubetrain.kubeio import merge_patch
@@ -25,7 +26,7 @@ from kubetrain.reconcile import (
     DeletePod,
     Job,
     Settings,
-    UpdateConfigMap,
+    Update,
     backoff_seconds,
     reconcile,
 )
@@ -78,6 +79,13 @@ RUNNING = {"phase": "Running", "startTime": ts(-100), "restartGeneration": 0,
 READING = ProgressReading(data={"step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 1e-3,
                                 "tokensPerSecond": 1000, "mfu": None, "lastCheckpointStep": 40, "worldSize": 2},
                           read_at=T0, pod="demo-worker-0-0-0")
+GANG = {**TWO, "runPolicy": {"scheduling": {"gang": "none", "schedulingTimeoutSeconds": 30, "maxAttempts": 3}}}
+
+
+def ago(seconds: float) -> dt.datetime:
+    return T0 - dt.timedelta(seconds=seconds)
+
+
 STALL_RESTART = {**TWO, "runPolicy": {"watchdog": {"stallSeconds": 300}}}
 
 
@@ -313,6 +321,25 @@ CASES: list[Case] = [
                                conditions=[{"type": "Running", "status": "True", "reason": "Running",
                                             "message": "", "lastTransitionTime": ts(-10)}]),
          phase="Running", requeue=290.0, events=[]),
+    # --------------------------------------------------------- gang scheduling timeout
+    Case("gang short of minReplicas: woken when the scheduling timeout is due", GANG,
+         pods=[pod(0, created=ago(5)), pod(1, phase="Pending", unschedulable="Insufficient nvidia.com/gpu",
+                                         created=ago(5))],
+         status={"phase": "Pending"}, phase="Pending", requeue=25.0, conditions={"Scheduled": ("False", "Unschedulable")}),
+    Case("gang not placed in time: every pod released (the scheduled one too), retried after a backoff", GANG,
+         pods=[pod(0, created=ago(30)), pod(1, phase="Pending", unschedulable="Insufficient nvidia.com/gpu",
+                                          created=ago(30))],
+         status={"phase": "Pending"}, phase="Restarting", delete=[name(0), name(1)], create=[],
+         events=["Unschedulable", "Unschedulable"], conditions={"Scheduled": ("False", "Unschedulable")},
+         restarts={"unschedulable": 1, "failure": 0}, requeue=10.0,
+         status_has={"schedulingAttempts": 1, "restartGeneration": 1}),
+    Case("gang not placed at the last attempt: Failed Unschedulable", GANG,
+         pods=[pod(0, 2, created=ago(30)), pod(1, 2, phase="Pending", created=ago(30))],
+         status={"phase": "Restarting", "restartGeneration": 2, "schedulingAttempts": 2}, phase="Failed",
+         conditions={"Failed": ("True", "Unschedulable")}, status_has={"schedulingAttempts": 3}),
+    Case("without runPolicy.scheduling a short gang just waits", TWO,
+         pods=[pod(0, created=ago(3000)), pod(1, phase="Pending", created=ago(3000))], status={"phase": "Pending"},
+         phase="Pending", delete=[], requeue=None),
     # ----------------------------------------------------------------- invalid
     Case("invalid spec: Failed InvalidSpec with the problems, no pods", TWO, children=False,
          problems=("spec.deepspeed.zero_optimization.stage: 4 is not 0-3",), phase="Failed", create=[],
@@ -375,7 +402,28 @@ def test_table_is_large_enough() -> None:
 def test_spec_edit_updates_the_config_map() -> None:
     job = make_job(TWO, running_status())
     d = reconcile(job, Observed(pods=(pod(0), pod(1)), service=True, config_map_hash="stale"), T0, SETTINGS)
-    assert [type(a) for a in d.actions] == [UpdateConfigMap]
+    assert [type(a) for a in d.actions] == [Update]
+
+
+def test_gang_pod_group_is_created_then_kept_in_step() -> None:
+    spec = {**TWO, "runPolicy": {"scheduling": {"gang": "volcano", "queue": "q1"}}}
+    job = make_job(spec)
+    d = reconcile(job, Observed(service=True, config_map_hash=cm_hash(spec)), T0, SETTINGS)
+    groups = [a.manifest for a in d.actions if isinstance(a, Create) and a.kind == "PodGroup"]
+    assert len(groups) == 1 and groups[0]["spec"]["minMember"] == 2
+    assert all(p.manifest["spec"]["schedulerName"] == "volcano" for p in d.pods_to_create)
+    want = groups[0]["metadata"]["annotations"][n.ANNOTATION_SPEC_HASH]
+    same = reconcile(job, Observed(service=True, config_map_hash=cm_hash(spec), pod_group_hash=want), T0, SETTINGS)
+    assert not [a for a in same.actions if not isinstance(a, Create) or a.kind != "Pod"]
+    moved = reconcile(job, Observed(service=True, config_map_hash=cm_hash(spec), pod_group_hash="old"), T0, SETTINGS)
+    assert [a.manifest["kind"] for a in moved.actions if isinstance(a, Update)] == ["PodGroup"]
+
+
+def test_native_pod_group_is_replaced_not_patched() -> None:
+    spec = {**TWO, "runPolicy": {"scheduling": {"gang": "kubernetes"}}}
+    d = reconcile(make_job(spec), Observed(pods=(pod(0), pod(1)), service=True, config_map_hash=cm_hash(spec),
+                                           pod_group_hash="old"), T0, SETTINGS)
+    assert [(type(a).__name__, a.manifest["kind"]) for a in d.actions] == [("DeleteChild", "PodGroup")]
 
 
 @pytest.mark.parametrize(("failures", "want"), [(1, 10), (2, 20), (3, 40), (4, 60), (10, 60)])
