@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from kubetrain.builders import DEFAULT_TRAINER_IMAGE
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_format=formats[args.log_format])
     # kopf logs every handled watch event ("Handler 'pod_event' succeeded") at INFO: noise here,
     # the decisions are logged by the reconciler.
-    for noisy in ("urllib3", "kubernetes", "kopf.objects"):
+    for noisy in ("urllib3", "kubernetes", "kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     logging.getLogger("celpy").setLevel(logging.WARNING)  # validation's CEL interpreter traces every step
     rt = handlers.RUNTIME
@@ -68,7 +69,12 @@ def run(args: argparse.Namespace) -> int:
     rt.action_delay = args.test_action_delay
     rt.progress_seconds = min(15.0, max(0.2, args.progress_seconds))
     if args.metrics_port:
-        rt.metrics.serve(args.metrics_port, args.bind_address)
+        try:
+            rt.metrics.serve(args.metrics_port, args.bind_address)
+        except OSError as exc:
+            print(f"kubetrain operator: cannot serve metrics on {args.bind_address}:{args.metrics_port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     kopf.run(
         standalone=True,  # no peering objects: one replica by the Deployment's Recreate strategy
