@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 disables")
     parser.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 disables")
     parser.add_argument("--bind-address", default="0.0.0.0", help="address of the metrics and health servers")
-    parser.add_argument("--workers", type=int, default=4, help="jobs reconciled concurrently")
+    parser.add_argument("--workers", type=int, default=8, help="jobs reconciled concurrently")
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="reconcile every job at least this often, events or not")
     parser.add_argument("--progress-seconds", type=float, default=10.0,

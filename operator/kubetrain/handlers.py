@@ -92,22 +92,21 @@ async def blocking(rt: Runtime, fn: Callable[..., T], *args: Any) -> T:
 # ------------------------------------------------------------------------------ validation
 
 
-_VALIDATION = threading.Lock()  # validation runs in the API threads; the CEL interpreter is not ours to trust
+_VALIDATION = threading.Lock()  # validation runs in the API threads; its checks are not ours to trust
 
 
 @functools.lru_cache(maxsize=4096)
-def _problems(uid: str, generation: int, document: str) -> tuple[str, ...]:
+def _problems(document: str) -> tuple[str, ...]:
     with _VALIDATION:
         return spec_problems(json.loads(document))
 
 
 def problems_of(obj: dict[str, Any]) -> tuple[str, ...]:
-    """Validation is costly (CEL) and a spec changes only with its generation: cached per
-    (uid, generation, spec). Status and metadata other than the name are not the user's input."""
-    meta = obj.get("metadata") or {}
-    document = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-                "metadata": {"name": meta.get("name")}, "spec": obj.get("spec") or {}}
-    return _problems(meta.get("uid", ""), int(meta.get("generation") or 0), json.dumps(document, sort_keys=True))
+    """Validation depends on the spec alone: cached by it (many jobs share a spec, and a
+    job's spec changes only with its generation)."""
+    document = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": {},
+                "spec": obj.get("spec") or {}}
+    return _problems(json.dumps(document, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------- kopf
@@ -128,9 +127,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     rt = RUNTIME
     rt.kube = Kube(load_client(rt.kubeconfig, pool=API_THREADS))
-    # Warm the validator (CEL programs compile on first use) before the first job waits on it.
-    await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
-                                     "metadata": {"name": "warm-up", "uid": "warm-up"}, "spec": {}})
+    # Warm the validator (imports, the DeepSpeed mapping) before the first job waits on it.
+    await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "spec": {}})
     rt.queue = WorkQueue()
     rt.poller = ProgressPoller(rt.progress_seconds, on_reading=rt.queue.add, clock=rt.clock)
     rt.poller.start()

@@ -730,10 +730,17 @@ def reconcile(job: Job, observed: Observed, now: dt.datetime, settings: Settings
 
 
 def spec_problems(obj: dict[str, Any]) -> tuple[str, ...]:
-    """What the API server could not reject: `kubetrain validate`'s verdict, including whether
-    a DeepSpeed config maps onto the typed fields (InvalidSpec otherwise, before any pod)."""
-    from kubetrain.validate import validate_object
+    """What the API server could not reject: the models' checks and the semantic checks of
+    `kubetrain validate` (e.g. whether a DeepSpeed config maps onto the typed fields). The CRD's
+    CEL rules are left out: the API server enforced them on admission, and evaluating them in
+    Python costs a hundred times more than all the rest."""
+    from kubetrain import validate
 
     with contextlib.suppress(ImportError):  # importing it registers its checks with `validate`
         importlib.import_module("kubetrain.deepspeed")
-    return tuple(str(p) for p in validate_object(obj))
+    problems = validate.model_problems(obj)
+    if not problems:
+        spec = api.TrainingJob.model_validate(obj).spec
+        for check in validate.SEMANTIC_CHECKS:
+            problems += check(spec, obj.get("spec") or {})
+    return tuple(dict.fromkeys(str(p) for p in problems))
