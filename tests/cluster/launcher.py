@@ -34,6 +34,10 @@ HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = "127.2.0.0/24"  # loopback like the pod IPs: nothing may dial a real address
 SERVICE_IP = "127.2.0.1"
 KWOK_DEFAULT_CIDR = "127.1.255.0/24"  # pods on a node without podCIDR; loopback, never private
+# Kubernetes' native gang scheduling (alpha in 1.36): the Workload/PodGroup API and the
+# scheduler's all-or-nothing placement.
+NATIVE_GANG_GATES = "GenericWorkload=true,GangScheduling=true"
+NATIVE_GANG_RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
 START_TIMEOUT = float(os.environ.get("KUBETRAIN_CLUSTER_START_TIMEOUT", "120"))
 
 
@@ -107,8 +111,10 @@ class ControlPlane:
         self.extra_apiserver_args = list(extra_apiserver_args or [])
         # e.g. GenericWorkload=true,GangScheduling=true (alpha in 1.36) for the native gang scheduling
         # API; given to kube-apiserver, kube-controller-manager and kube-scheduler alike
-        self.feature_gates = feature_gates or os.environ.get("KUBETRAIN_TEST_FEATURE_GATES", "")
-        if runtime := os.environ.get("KUBETRAIN_TEST_RUNTIME_CONFIG"):
+        # On by default so the cluster tier proves `gang: kubernetes` against the real scheduler;
+        # set the variables to "" to run without them.
+        self.feature_gates = feature_gates or os.environ.get("KUBETRAIN_TEST_FEATURE_GATES", NATIVE_GANG_GATES)
+        if runtime := os.environ.get("KUBETRAIN_TEST_RUNTIME_CONFIG", NATIVE_GANG_RUNTIME_CONFIG):
             self.extra_apiserver_args.append(f"--runtime-config={runtime}")
         self.procs: list[procs.Proc] = []
         self.info: ClusterInfo | None = None

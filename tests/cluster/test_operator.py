@@ -616,6 +616,8 @@ def test_kubernetes_native_gang(cluster: Cluster, namespace: str, operator: Oper
     served, the scheduler places all of minReplicas or none; where it is not, the job says so
     (PodGroupUnavailable) and its pods are scheduled one by one."""
     served = cluster.kubectl("get", "podgroups.scheduling.k8s.io", "-n", namespace, check=False).returncode == 0
+    if os.environ.get("KUBETRAIN_TEST_FEATURE_GATES") is None:
+        assert served, "the test control plane enables native gang scheduling by default (tests/cluster/launcher.py)"
     replicas = cluster.node_count + 1
     apply(cluster, namespace, tj("native", workers={"replicas": replicas, "gpusPerWorker": 8},
                                  runPolicy={"scheduling": {"gang": "kubernetes"}}))
@@ -626,6 +628,12 @@ def test_kubernetes_native_gang(cluster: Cluster, namespace: str, operator: Oper
         assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": replicas}}
         time.sleep(3)  # all or nothing: not one of them is bound while the gang cannot fit
         assert not [p for p in pods(cluster, namespace, "native") if p["spec"].get("nodeName")]
+        # ...and a gang that fits is placed whole by the same scheduler.
+        cluster.kubectl("delete", "tj/native", "-n", namespace, "--wait=false")
+        apply(cluster, namespace, tj("fits", workers={"replicas": 2, "gpusPerWorker": 8},
+                                     runPolicy={"scheduling": {"gang": "kubernetes"}}))
+        wait_for(lambda: sum(1 for p in pods(cluster, namespace, "fits") if p["spec"].get("nodeName"))
+                 == 2, 60, "the whole gang bound")
     else:
         wait_for(lambda: "PodGroupUnavailable" in events(cluster, namespace, "native"), 10, "PodGroupUnavailable")
         wait_for(lambda: sum(1 for p in pods(cluster, namespace, "native") if p["spec"].get("nodeName")) >= 1, 20,
