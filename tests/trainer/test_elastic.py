@@ -16,7 +16,7 @@ import pytest
 from kubetrain_trainer import checkpoint as ck
 
 from .harness import free_port
-from .procs import kill_tree, launcher_env, metrics, start_launcher, stop_all, wait_for, write_job
+from .procs import kill_tree, launcher_env, metrics, start_launcher, stop_all, train_here, wait_for, write_job
 
 pytestmark = [pytest.mark.trainer, pytest.mark.timeout(400)]
 
@@ -76,7 +76,7 @@ def test_elastic_scale_up_node_loss_preemption_and_resume(tmp_path: Path) -> Non
     (the save takes longer than torchrun's 30 s kill and still commits) and training continues at
     world 2 with no step lost or repeated.  The second pod is lost (SIGKILL of its launcher and
     worker): training continues at world 1 from the last checkpoint within a bounded time.  SIGTERM
-    then stops the job with exit 75 after a committed checkpoint, and a new run resumes from it."""
+    then stops the job with exit 75 after a committed checkpoint, and the next run resumes from it."""
     job = write_job(tmp_path / "job.json", _spec(100_000))
     run_dir = tmp_path / "run"
     root = run_dir / "checkpoints"
@@ -130,10 +130,7 @@ def test_elastic_scale_up_node_loss_preemption_and_resume(tmp_path: Path) -> Non
                       "step": stopped}
     assert ck.read_latest(root) == f"step-{stopped:08d}"
 
-    # A new pod resumes right after the preemption checkpoint: nothing lost, nothing repeated.
-    job2 = write_job(tmp_path / "job2.json", _spec(stopped + 2))
-    env = launcher_env(job2, run_dir, port=free_port())
-    proc = start_launcher(env, tmp_path / "resume.log")
-    assert _wait_exit(proc, 120) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    # The next run resumes right after the preemption checkpoint: nothing lost, nothing repeated
+    # (one rank, in this process: the launcher's success path is tests/local's).
+    train_here(write_job(tmp_path / "job2.json", _spec(stopped + 2)), run_dir)
     assert [r["step"] for r in metrics(run_dir)][-3:] == [stopped, stopped + 1, stopped + 2]
-    assert _termination(Path(env["KUBETRAIN_TERMINATION_LOG"]))["reason"] == "Succeeded"

@@ -5,18 +5,20 @@ The launcher's elastic agent SIGTERMs the workers when the pod is asked to stop 
 membership change.  A handler here only records the request; the engine sums a per-rank "stop
 requested" flag into the all-reduce every step already makes, so all ranks see the same value after
 the same step, finish it, checkpoint (``checkpoint.saveTimeoutSeconds`` bounds the save) and exit 75.
-A second signal changes nothing (the agent SIGKILLs when its wait is over).
+A second SIGTERM changes nothing (the agent may signal twice; it SIGKILLs when its wait is over).
+A second SIGINT outside the launcher (a person at a terminal pressing Ctrl-C again) exits at once
+with 130, without a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-import threading
+import sys
 import time
 from types import FrameType
 from typing import Any
 
-_lock = threading.Lock()
 _requested_at: float | None = None  # time.monotonic() of the first stop signal
 _signal_name: str | None = None
 _listeners: list[Any] = []
@@ -24,10 +26,15 @@ _listeners: list[Any] = []
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
     global _requested_at, _signal_name
-    with _lock:
-        if _requested_at is None:
-            _requested_at = time.monotonic()
-            _signal_name = signal.Signals(signum).name
+    # Runs in the main thread between bytecodes (no lock: a second signal may interrupt this one).
+    again = _requested_at is not None
+    if not again:
+        _requested_at = time.monotonic()
+        _signal_name = signal.Signals(signum).name
+    if again and signum == signal.SIGINT and not os.environ.get("KUBETRAIN_LAUNCH_DIR"):
+        sys.stderr.write("second interrupt: exiting without a checkpoint\n")
+        sys.stderr.flush()
+        os._exit(130)
     for listener in list(_listeners):
         listener()
 
