@@ -232,10 +232,14 @@ def run_agent(spec_path: str, run_dir: Path, launch_dir: Path, save_timeout: int
     endpoint = os.environ.get("PET_RDZV_ENDPOINT", "")
     if not endpoint and backend == "c10d":
         endpoint = "127.0.0.1:29400"
+    nproc = _nproc(os.environ.get("PET_NPROC_PER_NODE", "1"))
+    # torchrun's own rule, which launch_agent skips: ranks sharing a node's cores must not each
+    # start one thread per core (on CPU that oversubscribes and runs several times slower).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(
         min_nodes=min_nodes,
         max_nodes=max_nodes,
-        nproc_per_node=_nproc(os.environ.get("PET_NPROC_PER_NODE", "1")),
+        nproc_per_node=nproc,
         run_id=os.environ.get("PET_RDZV_ID", "kubetrain"),
         role="trainer",
         rdzv_endpoint=endpoint,
