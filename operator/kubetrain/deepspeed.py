@@ -41,8 +41,9 @@ agree, train alone means no accumulation, micro alone means train = micro x worl
 The world size is the one passed to `resolve`, else the job's nominal size
 (workers.replicas x procsPerWorker). What is fixed there -- the global batch and the
 micro batch -- stays fixed when an elastic job runs at another size; the accumulation is
-re-derived (the trainer needs globalBatchSize % (microBatchSize x world size) == 0, and
-`kubetrain validate` notes the sizes in [minReplicas, maxReplicas] where that fails).
+re-derived. Any world size up to globalBatchSize works: the trainer splits an uneven global
+batch exactly (ranks take G // W or G // W + 1 samples, each micro-batch's loss weighted by
+its samples), so the only divisibility rule kept is DeepSpeed's own on an explicit triple.
 """
 
 from __future__ import annotations
@@ -448,56 +449,52 @@ class _Mapper:
             w = self.spec.workers
             where += f" ({w.replicas} worker{'s' if w.replicas != 1 else ''} x {w.procs} procsPerWorker)"
 
-        def multiple_fix(name: str, k: int, value: int, other: str) -> str:
-            lo = (value // k) * k
-            options = " or ".join(str(x) for x in (lo, lo + k) if x > 0)
-            return f"set {name} to a multiple of {k} (e.g. {options}){other}"
+        def accumulation(total: int, micro: int) -> int:
+            """Micro-steps per optimizer step at W: the largest rank share, ceil(total / W), in
+            micro-batches of at most ``micro`` (uneven splits are exact: Kubetrain weights by samples)."""
+            return math.ceil(math.ceil(total / W) / micro)
+
+        def too_small(total: int, name: str) -> bool:
+            if total >= W:
+                return False
+            self.problem(
+                name,
+                f"{name}={total} is smaller than the {where}: every process needs at least one sample per step",
+                f"set {name} to at least {W}, or run fewer processes",
+            )
+            return True
 
         if T is not None and M is not None and A is not None:
-            if T != M * A * W:
+            # DeepSpeed's own assertion on an explicit triple: it must hold at this world size or at
+            # the job's nominal size (an elastic job validated there runs elsewhere, re-deriving A).
+            if M * A * W != T and M * A * _nominal(self.spec) != T:
                 self.problem(
                     t_name,
                     f"{t_name}={T} must equal {m_name}={M} x {a_name}={A} x {where} = {M * A * W} "
                     f"(DeepSpeed's train = micro x accumulation x world size)",
                     f"set {t_name} to {M * A * W}, or leave one of the three out so that it is derived",
                 )
-            return T, M, A, t_name
-        if T is not None and M is not None:
-            if T % (M * W) != 0 or T < M * W:
-                self.problem(
-                    t_name,
-                    f"{t_name}={T} is not a multiple of {m_name}={M} x {where} = {M * W}, so "
-                    f"gradient_accumulation_steps = {t_name} / ({M} x {W}) is not a whole number >= 1",
-                    multiple_fix(t_name, M * W, T, f", or change {m_name} or the worker count"),
-                )
+                return T, M, A, t_name
+            if too_small(T, t_name):
                 return T, M, None, t_name
-            return T, M, T // (M * W), t_name
+            return T, M, (A if M * A * W == T else accumulation(T, M)), t_name
+        if T is not None and M is not None:
+            if too_small(T, t_name):
+                return T, M, None, t_name
+            return T, M, accumulation(T, M), t_name
         if T is not None and A is not None:
-            if T % (A * W) != 0 or T < A * W:
-                self.problem(
-                    t_name,
-                    f"{t_name}={T} is not a multiple of {a_name}={A} x {where} = {A * W}, so the derived "
-                    f"train_micro_batch_size_per_gpu = {t_name} / ({A} x {W}) is not a whole number >= 1",
-                    multiple_fix(t_name, A * W, T, f", or change {a_name} or the worker count"),
-                )
+            if too_small(T, t_name):
                 return T, None, None, t_name
-            return T, T // (A * W), A, t_name
+            micro = -(-T // (A * W))
+            return T, micro, accumulation(T, micro), t_name
         if M is not None and A is not None:
             return M * A * W, M, A, m_name
         if T is not None or (M is None and A is None):
             if T is None:
                 T, t_name = KUBETRAIN_DEFAULTS["globalBatchSize"], "spec.training.globalBatchSize"
-                what = f"the default {t_name}={T}"
-            else:
-                what = f"{t_name}={T}"
-            if T % W != 0:
-                self.problem(
-                    t_name,
-                    f"{what} is not divisible by the {where}: each process needs a whole number of samples",
-                    multiple_fix(t_name, W, T, " or set a micro batch size"),
-                )
+            if too_small(T, t_name):
                 return T, None, None, t_name
-            return T, (T // W if not self.nominal else None), 1, t_name
+            return T, (-(-T // W) if not self.nominal else None), 1, t_name
         if M is not None:
             return M * W, M, 1, m_name
         self.problem(
@@ -837,7 +834,7 @@ class _Mapper:
         strategy = self.strategy()
         schedule = self.schedule(float(optimizer.lr or 0.0), optimizer.type or "AdamW", bool(lr_given))
         if not self.nominal and M is None and not self.problems:
-            M = G // self.world
+            M = -(-G // self.world)
         training = spec.training.model_copy(
             update={"global_batch_size": G, "micro_batch_size": M, "gradient_clipping": clip}
         )
@@ -949,22 +946,21 @@ def unsupported_keys(ds: Mapping[str, Any]) -> list[str]:
 def valid_world_sizes(spec: api.TrainingJobSpec) -> tuple[list[int], list[int]]:
     """(valid, invalid) worker counts in [minReplicas, maxReplicas] for the resolved batch.
 
-    A count is valid when globalBatchSize % (microBatchSize x count x procsPerWorker) == 0
-    (without a micro batch: globalBatchSize % (count x procs) == 0), i.e. every process gets
-    a whole number of micro-batches. The spec is resolved at its nominal size first.
+    A count is valid when count x procsPerWorker <= globalBatchSize (every process gets at least
+    one sample per step); uneven splits are exact in the trainer, so divisibility does not matter.
+    The spec is resolved at its nominal size first.
     """
     res = analyse(spec)
     G = res.spec.training.global_batch_size or KUBETRAIN_DEFAULTS["globalBatchSize"]
-    M = res.spec.training.micro_batch_size or 1
     procs = spec.workers.procs
     valid: list[int] = []
     invalid: list[int] = []
     for count in range(spec.workers.min, spec.workers.max + 1):
-        (valid if G % (M * count * procs) == 0 else invalid).append(count)
+        (valid if count * procs <= G else invalid).append(count)
     return valid, invalid
 
 
-def _world_size_note(spec: api.TrainingJobSpec, res: Resolution) -> str | None:
+def _world_size_note(spec: api.TrainingJobSpec) -> str | None:
     w = spec.workers
     if w.min == w.max:
         return None
@@ -972,14 +968,10 @@ def _world_size_note(spec: api.TrainingJobSpec, res: Resolution) -> str | None:
     invalid = [c for c in invalid if c != w.replicas]
     if not invalid:
         return None
-    G = res.spec.training.global_batch_size
-    M = res.spec.training.micro_batch_size
-    what = f"globalBatchSize {G}" + (f" with microBatchSize {M}" if M else "")
     sizes = ", ".join(str(c) for c in invalid)
-    worlds = ", ".join(str(c * w.procs) for c in invalid)
-    return (f"{what} does not split evenly at {sizes} worker(s) (world sizes {worlds}): the job cannot train "
-            f"at those sizes; valid worker counts in [minReplicas {w.min}, maxReplicas {w.max}]: "
-            f"{', '.join(str(c) for c in valid)}")
+    return (f"globalBatchSize is smaller than the world size at {sizes} worker(s): the job cannot train at those "
+            f"sizes (each process needs a sample per step); valid worker counts in [minReplicas {w.min}, "
+            f"maxReplicas {w.max}]: {', '.join(str(c) for c in valid)}")
 
 
 def deepspeed_problems(spec: api.TrainingJobSpec, raw_spec: dict[str, Any]) -> list[Problem]:
@@ -990,11 +982,11 @@ def deepspeed_problems(spec: api.TrainingJobSpec, raw_spec: dict[str, Any]) -> l
 def deepspeed_notes(spec: api.TrainingJobSpec) -> list[str]:
     """Non-fatal remarks for `validate` and the operator's condition message: ignored
     DeepSpeed keys (by name), "auto" placeholders, surprising DeepSpeed defaults, and the
-    worker counts of an elastic job at which the batch does not split."""
+    worker counts of an elastic job with more processes than globalBatchSize."""
     res = analyse(spec)
     notes = list(res.notes)
     if not res.problems:
-        note = _world_size_note(spec, res)
+        note = _world_size_note(spec)
         if note:
             notes.append(note)
     return notes

@@ -112,19 +112,25 @@ def test_all_three_must_agree_naming_the_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ds", "workers", "needles"),
-    [
-        ({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 4}, on(2, 4),
-         ("train_batch_size=60", "train_micro_batch_size_per_gpu=4", "= 32", "e.g. 32 or 64")),
-        ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4}, on(2, 4),  # accumulation would be 0
-         ("train_batch_size=16", "not a multiple of", "= 32")),
-        ({"train_batch_size": 64, "gradient_accumulation_steps": 3}, on(2, 4),
-         ("train_batch_size=64", "gradient_accumulation_steps=3", "= 24")),
-        ({"train_batch_size": 30}, on(2, 4), ("train_batch_size=30", "not divisible by the world size 8")),
+    ("ds", "workers", "expected"),
+    [  # (global, micro, accumulation at the world size); uneven splits are exact in the trainer
+        ({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 4}, on(2, 4), (60, 4, 2)),  # 8 / 4
+        ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4}, on(2, 4), (16, 4, 1)),  # 2 < 4
+        ({"train_batch_size": 64, "gradient_accumulation_steps": 3}, on(2, 4), (64, 3, 3)),
+        ({"train_batch_size": 30}, on(2, 4), (30, None, 1)),
     ],
 )
-def test_derivations_that_do_not_divide(ds: dict[str, Any], workers: dict[str, Any], needles: tuple[str, ...]) -> None:
-    only_problem(spec(ds, workers=workers), f"{DS}.train_batch_size", *needles)
+def test_derivations_that_do_not_divide_are_fine(ds: dict[str, Any], workers: dict[str, Any],
+                                                  expected: tuple[int, int | None, int]) -> None:
+    res = analyse(spec(ds, workers=workers))
+    assert res.problems == []
+    t = res.spec.training
+    assert (t.global_batch_size, t.micro_batch_size, res.gradient_accumulation_steps) == expected
+
+
+def test_global_batch_smaller_than_the_world_size() -> None:
+    only_problem(spec({"train_batch_size": 6}, workers=on(2, 4)), f"{DS}.train_batch_size",
+                 "train_batch_size=6 is smaller than the world size 8", "at least 8")
 
 
 def test_accumulation_alone_is_rejected_like_deepspeed() -> None:
@@ -169,25 +175,27 @@ def test_typed_fields_join_the_deepspeed_triple() -> None:
                  f"{DS}.train_micro_batch_size_per_gpu=4", f"{DS}.gradient_accumulation_steps=2")
 
 
-def test_typed_only_divisibility_at_the_nominal_size() -> None:
-    msg = only_problem(spec(workers=on(3)), "spec.training.globalBatchSize", "default",
-                       "world size 3 (3 workers x 1 procsPerWorker)")
-    assert "multiple of 3" in msg
-    only_problem(spec(training={"globalBatchSize": 64, "microBatchSize": 4}, workers=on(3, 2)),
-                 "spec.training.globalBatchSize", "microBatchSize=4", "= 24")
+def test_typed_only_uneven_split_is_fine() -> None:
+    assert problems(spec(workers=on(3))) == {}
+    res = analyse(spec(training={"globalBatchSize": 64, "microBatchSize": 4}, workers=on(3, 2)))
+    assert res.problems == [] and res.gradient_accumulation_steps == 3  # ceil(64 / 6) = 11 samples, micro 4
+    r = resolve(spec(training={"globalBatchSize": 10}), world_size=3)
+    assert (r.training.global_batch_size, r.training.micro_batch_size) == (10, 4)  # ceil(10 / 3)
+    only_problem(spec(training={"globalBatchSize": 4}, workers=on(3, 2)), "spec.training.globalBatchSize",
+                 "smaller than the world size 6")
 
 
-def test_elastic_range_notes_the_sizes_that_do_not_split() -> None:
+def test_elastic_range_splits_at_every_size() -> None:
     s = spec(training={"globalBatchSize": 256, "microBatchSize": 4},
              workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 8, "gpusPerWorker": 8})
     assert deepspeed_problems(s, {}) == []
-    assert valid_world_sizes(s) == ([2, 4, 8], [3, 5, 6, 7])
-    note = next(n for n in deepspeed_notes(s) if "does not split" in n)
-    assert "3, 5, 6, 7 worker(s)" in note and "world sizes 24, 40, 48, 56" in note and ": 2, 4, 8" in note
-    # Every size fits: no note.
-    fits = spec(training={"globalBatchSize": 240}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
-    assert valid_world_sizes(fits) == ([1, 2, 3, 4], [])
-    assert not any("does not split" in n for n in deepspeed_notes(fits))
+    assert valid_world_sizes(s) == ([2, 3, 4, 5, 6, 7, 8], [])
+    assert not any("split" in n or "world size" in n for n in deepspeed_notes(s))
+    # More processes than samples at the top of the range: noted.
+    small = spec(training={"globalBatchSize": 16}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 5,
+                                                            "gpusPerWorker": 4})
+    assert valid_world_sizes(small) == ([1, 2, 3, 4], [5])
+    assert any("smaller than the world size at 5 worker(s)" in n for n in deepspeed_notes(small))
 
 
 def test_elastic_fixed_accumulation_is_noted() -> None:
@@ -562,7 +570,7 @@ def test_validate_cli_rejects_bad_deepspeed_naming_keys(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(job({"deepspeed": {
         "fp16": {"enabled": True}, "bf16": {"enabled": True}, "zero_optimization": {"stage": 5},
         "optimizer": {"type": "Lamb"}, "scheduler": {"type": "WarmupCosineLR"},
-        "train_batch_size": 10, "train_micro_batch_size_per_gpu": 4}})))
+        "train_batch_size": 10, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}})))
     result = _cli("validate", str(f))
     assert result.returncode == 1
     out = result.stdout

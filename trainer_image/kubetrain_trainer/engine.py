@@ -149,10 +149,24 @@ class Trainer:
                 built.n_params / 1e6, cfg.parallel.strategy, cfg.precision.dtype, ctx.world_size,
                 t.global_batch_size, ctx.world_size, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
             )
+            if not self.batch_plan.even:
+                log.info(
+                    "uneven split: %d samples per rank on ranks < %d, %d on the others; micro-batches of at "
+                    "most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
+                    -(-t.global_batch_size // ctx.world_size), t.global_batch_size % ctx.world_size or ctx.world_size,
+                    t.global_batch_size // ctx.world_size, self.batch_plan.micro_batch, ctx.world_size,
+                    t.global_batch_size,
+                )
 
     # ------------------------------------------------------------------ one step
 
     def _forward_backward(self, batch: list[tuple[torch.Tensor, torch.Tensor]], scale: float) -> torch.Tensor:
+        """Backward of every micro-batch, weighted by (its samples) x W / G; returns this rank's
+        weighted loss sum (x W / G), whose sum over ranks / W is the global-batch mean.
+
+        Every rank runs ``accum_steps`` micro-steps (padded ones with weight 0), so each backward's
+        collectives and the grad-sync-on-the-last-micro-step choice are the same on all ranks."""
+        plan = self.batch_plan
         accum = len(batch)
         loss_acc = torch.zeros((), device=self.ctx.device)
         for m, (x, y) in enumerate(batch):
@@ -160,9 +174,15 @@ class Trainer:
                 loss = self.built.loss_fn(self.par.module(x), y)
             if self.faults.nan_loss(self.step + 1, self.ctx.rank):
                 loss = loss * float("nan")
-            loss_acc += loss.detach().float()
-            (loss * (scale / accum)).backward()
-        return loss_acc / accum
+            if plan.even:  # today's arithmetic, bit for bit (weight == 1 / accum)
+                loss_acc += loss.detach().float()
+                (loss * (scale / accum)).backward()
+                continue
+            weight = plan.micro_weight(m)
+            if weight:
+                loss_acc += loss.detach().float() * weight
+            (loss * (scale * weight)).backward()  # weight 0: a padded micro-step, only for the collectives
+        return loss_acc / accum if plan.even else loss_acc
 
     def _set_schedule_lr(self) -> float:
         k = self.applied_steps
@@ -259,15 +279,21 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         self.par.module.eval()
-        n = self.cfg.training.eval_batches * self.batch_plan.accum_steps
+        # evalBatches global batches, split like training: every rank runs the same number of
+        # forwards (FSDP all-gathers in each), the padded ones weighted 0; a sample-weighted mean.
+        plan = self.batch_plan
+        n = self.cfg.training.eval_batches * plan.accum_steps
         total = torch.zeros((), device=self.ctx.device)
         for i in range(n):
             x, y = self.loader.eval_batch(i)
             with self.precision.autocast():
-                total += self.built.loss_fn(self.par.module(x), y).float()
+                loss = self.built.loss_fn(self.par.module(x), y).float()
+            count = plan.micro_count(i % plan.accum_steps)
+            if count:
+                total += loss * count
         if self.ctx.world_size > 1:
             dist.all_reduce(total)
-        return float(total.item()) / (n * self.ctx.world_size)
+        return float(total.item()) / (self.cfg.training.eval_batches * plan.global_batch)
 
     # ------------------------------------------------------------------ loop
 

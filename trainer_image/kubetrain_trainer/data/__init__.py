@@ -1,8 +1,12 @@
 """Data: corpora addressed by global sample index, and the global-batch plan.
 
-Each optimizer step consumes exactly ``globalBatchSize`` samples at any world size: at step ``s``
-rank ``r`` of ``W`` reads samples ``[s*G + r*G/W, s*G + (r+1)*G/W)`` in micro-batches of
-``microBatchSize``; gradient accumulation is ``G / (W * micro)``.
+Each optimizer step consumes exactly ``globalBatchSize`` samples at any world size ``W <= G``: at
+step ``s`` rank ``r`` of ``W`` reads ``n_r = G // W + (1 if r < G % W else 0)`` samples, contiguous in
+the global sample index from ``s*G + r*(G // W) + min(r, G % W)`` (``[s*G + r*G/W, s*G + (r+1)*G/W)``
+when ``W`` divides ``G``), in micro-batches of at most ``microBatchSize`` (default ``ceil(G / W)``).
+Every rank runs the same number of micro-steps, ``accum_steps = ceil(ceil(G / W) / micro)``; a rank
+whose samples run out first repeats its first micro-batch with weight 0 (``micro_count`` 0), so the
+collectives of each backward (DDP's final all-reduce, FSDP's reduce-scatter) line up.
 """
 
 from __future__ import annotations
@@ -68,29 +72,55 @@ class BatchPlan:
 
     @property
     def per_rank(self) -> int:
-        return self.global_batch // self.world_size
+        """This rank's samples per step (``n_r``); ranks below ``G % W`` take one more."""
+        base, extra = divmod(self.global_batch, self.world_size)
+        return base + (1 if self.rank < extra else 0)
+
+    @property
+    def max_per_rank(self) -> int:
+        return -(-self.global_batch // self.world_size)
+
+    @property
+    def even(self) -> bool:
+        """Every rank gets whole micro-batches of the same size (no partial or padded micro-steps)."""
+        return self.global_batch % (self.world_size * self.micro_batch) == 0
+
+    @property
+    def offset(self) -> int:
+        """This rank's first sample within a step's global batch."""
+        base, extra = divmod(self.global_batch, self.world_size)
+        return self.rank * base + min(self.rank, extra)
 
     @property
     def accum_steps(self) -> int:
-        return self.per_rank // self.micro_batch
+        """Micro-steps per optimizer step: the same on every rank."""
+        return -(-self.max_per_rank // self.micro_batch)
+
+    def micro_count(self, micro: int) -> int:
+        """Real samples in micro-batch ``micro`` of this rank (0: a padded micro-step)."""
+        return max(0, min(self.micro_batch, self.per_rank - micro * self.micro_batch))
+
+    def micro_weight(self, micro: int) -> float:
+        """The factor on micro-batch ``micro``'s mean loss: samples x W / G, so that the mean over
+        ranks of the summed gradients is the gradient of the global-batch mean (1 / accum_steps when
+        the split is even)."""
+        return self.micro_count(micro) * self.world_size / self.global_batch
 
     def micro_indices(self, step: int, micro: int) -> range:
-        start = step * self.global_batch + self.rank * self.per_rank + micro * self.micro_batch
-        return range(start, start + self.micro_batch)
+        """Global sample indices of micro-batch ``micro``; a padded one re-reads the rank's first."""
+        if self.micro_count(micro) == 0:
+            micro = 0
+        start = step * self.global_batch + self.offset + micro * self.micro_batch
+        return range(start, start + self.micro_count(micro))
 
 
 def make_plan(global_batch: int, micro_batch: int | None, world_size: int, rank: int) -> BatchPlan:
-    if global_batch % world_size:
+    if global_batch < world_size:
         raise SpecError(
-            f"spec.training.globalBatchSize ({global_batch}) must be divisible by the world size ({world_size})"
+            f"spec.training.globalBatchSize {global_batch} is smaller than the world size {world_size}: "
+            "raise globalBatchSize (every process needs at least one sample per step)"
         )
-    per_rank = global_batch // world_size
-    micro = micro_batch or per_rank
-    if per_rank % micro:
-        raise SpecError(
-            f"spec.training.globalBatchSize ({global_batch}) must be divisible by worldSize ({world_size}) "
-            f"x microBatchSize ({micro})"
-        )
+    micro = micro_batch or -(-global_batch // world_size)
     return BatchPlan(global_batch, world_size, rank, micro)
 
 

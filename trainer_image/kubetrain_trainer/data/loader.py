@@ -56,9 +56,11 @@ class Loader:
         return [self._to_device(a) for a in arrays]
 
     def eval_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval micro-batch ``index`` of this rank (disjoint across ranks)."""
-        start = (index * self.plan.world_size + self.plan.rank) * self.plan.micro_batch
-        return self._to_device(self.corpus.get(range(start, start + self.plan.micro_batch), "eval"))
+        """Eval micro-batch ``index`` of this rank: micro-step ``index % accum_steps`` of eval "step"
+        ``index // accum_steps``, laid out like training (disjoint across ranks, ``G`` samples per eval
+        step at any world size; weight it by ``plan.micro_count``, 0 for a padded micro-step)."""
+        step, micro = divmod(index, self.plan.accum_steps)
+        return self._to_device(self.corpus.get(self.plan.micro_indices(step, micro), "eval"))
 
     def close(self) -> None:
         if self._next is not None:
