@@ -19,6 +19,7 @@ Memory per rank, Ψ parameters, N ranks (docs/plan.md derives every constant):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ class Plan:
     optimizer: str
     global_batch: int
     micro_batch: int
-    accum_steps: int | None  # None: the batch does not split over the world size
+    accum_steps: int | None  # None: the global batch is smaller than the world size
     seq_len: int
     activation_checkpointing: bool
     activations: Activations | None
@@ -408,7 +409,7 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     optimizer = spec.optimizer.type or "AdamW"
     opt_bytes = optimizer_state_bytes(optimizer, spec.optimizer.momentum or 0.0)
     global_batch = t.global_batch_size or 8
-    micro = t.micro_batch_size or max(1, global_batch // world)
+    micro = t.micro_batch_size or max(1, math.ceil(global_batch / world))
     accum = _accumulation(global_batch, micro, world, notes)
 
     size = model_size(spec.model)
@@ -462,15 +463,14 @@ def _resolve_gpu(gpu_name: str) -> tuple[str | None, int | None]:
 
 
 def _accumulation(global_batch: int, micro: int, world: int, notes: list[str]) -> int | None:
-    if global_batch % world:
-        notes.append(f"globalBatchSize {global_batch} is not divisible by the world size {world}: "
+    # The trainer splits any global batch over any world size up to it (unevenly if need be):
+    # every rank runs ceil(ceil(G / W) / micro) micro-steps.
+    if global_batch < world:
+        notes.append(f"globalBatchSize {global_batch} is smaller than the world size {world}: "
                      "the trainer refuses this layout")
         return None
-    if (global_batch // world) % micro:
-        notes.append(f"globalBatchSize {global_batch} is not divisible by world size {world} x microBatchSize "
-                     f"{micro}: the trainer refuses this layout")
-        return None
-    return global_batch // (world * micro)
+    per_rank = math.ceil(global_batch / world)
+    return math.ceil(per_rank / micro)
 
 
 def _param_count(size: GPTSize | None, params: int | None, notes: list[str]) -> tuple[int | None, str]:

@@ -19,8 +19,7 @@ CTX = DistContext(rank=0, world_size=2, local_rank=0, local_world_size=2, device
 
 CASES: list[tuple[dict[str, Any], int, str]] = [
     ({"precision": {"dtype": "fp8"}}, 64, "precision.dtype fp8 needs a CUDA GPU with compute capability >= 8.9"),
-    ({"training": {"globalBatchSize": 6, "microBatchSize": 2}}, 64, "must be divisible by worldSize (2) x microBatchSize (2)"),
-    ({"training": {"globalBatchSize": 5}}, 64, "must be divisible by the world size (2)"),
+    ({"training": {"globalBatchSize": 1}}, 64, "smaller than the world size 2"),
     ({"lrSchedule": {"type": "WarmupLR", "params": {"warmup_num_steps": -3}}}, 64, "spec.lrSchedule.params.warmup_num_steps"),
     ({"lrSchedule": {"type": "Cosine"}}, 64, "spec.lrSchedule.type"),
     ({"precision": {"dtype": "fp16", "minLossScale": 0.0}}, 64, "min"),

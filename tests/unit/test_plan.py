@@ -343,8 +343,11 @@ def test_deepspeed_config_is_mapped() -> None:
 def test_unknown_gpu_and_uneven_batch() -> None:
     with pytest.raises(PlanError, match="unknown GPU"):
         plan(_spec(**_gpt("tiny")), "Z9000")
-    p = plan(_spec(**_gpt("tiny")), "H100", world_size=6)
-    assert p.accum_steps is None and any("not divisible" in n for n in p.notes)
+    p = plan(_spec(**_gpt("tiny")), "H100", world_size=6)  # an uneven split: ceil(G / 6) per rank at most
+    assert (p.micro_batch, p.accum_steps) == (-(-p.global_batch // 6), 1)
+    assert not any("smaller than" in n for n in p.notes)
+    p = plan(_spec(**_gpt("tiny")), "H100", world_size=p.global_batch + 1)
+    assert p.accum_steps is None and any("smaller than the world size" in n for n in p.notes)
 
 
 # --------------------------------------------------------------------------------------- CLI
