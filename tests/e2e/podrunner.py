@@ -141,7 +141,8 @@ def published(service: dict[str, Any], pod: dict[str, Any]) -> bool:
     return is_ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp")
 
 
-def resolve(name: str, namespace: str, pods: list[dict[str, Any]], services: list[dict[str, Any]]) -> dict[str, Any] | None:
+def resolve(name: str, namespace: str, pods: list[dict[str, Any]],
+            services: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The pod a cluster DNS name stands for, or None (NXDOMAIN). Names in this namespace only:
     `<hostname>.<subdomain>[.<ns>[.svc[.cluster.local]]]` (a pod record of the headless Service
     `<subdomain>`) or `<service>[.<ns>[.svc[.cluster.local]]]` (the Service: its first selected pod
@@ -553,7 +554,8 @@ class PodRunner:
         if any(p.ip == ip and p.running for p in self.processes.values()):
             return  # the IP is still held by a process of a pod that went (no CNI hands it out twice)
         try:
-            env, argv, extra = self._container(pod, pods, services, final=time.monotonic() - since > self.resolve_timeout)
+            final = time.monotonic() - since > self.resolve_timeout
+            env, argv, extra = self._container(pod, pods, services, final=final)
         except _NotYet as e:
             if self.wait_reason.get(uid) != e.message:
                 self._event(f"{name}: waiting: {e.message}")
@@ -613,7 +615,8 @@ class PodRunner:
 
         argv = [expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
         if not argv:
-            raise PodRunnerError(f"pod {meta['name']}: the container has no command (an image's entrypoint is not simulated)")
+            raise PodRunnerError(f"pod {meta['name']}: the container has no command "
+                                 "(an image's entrypoint is not simulated)")
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         argv = [argv[0], *(rewrite(a) for a in argv[1:])]
