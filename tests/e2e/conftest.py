@@ -1,16 +1,18 @@
 """Fixtures of the e2e tier: a real control plane (as in tests/cluster) whose KWOK pods run as real
 trainer processes (podrunner.py), the operator under its own ServiceAccount, a checkpoint claim.
 
-The control plane is the cluster tier's, started with its own pod CIDRs (127.3.N.0/24 instead of
-127.1.N.0/24): pod IPs here are real listening addresses, and a cluster-tier run on the same
-machine (its fake /progress servers bind 127.1.N.x) must never answer for a pod of this tier.
-KUBECONFIG_KUBETRAIN_TEST reuses a running control plane as it is.
+The control plane is the cluster tier's, started with its own pod CIDRs (127.X.N.0/24, X picked
+per session in 16-250, instead of 127.1.N.0/24): pod IPs here are real listening addresses, and
+neither a cluster-tier run on the same machine (its fake /progress servers bind 127.1.N.x) nor a
+second e2e session may answer for a pod of this one. KUBECONFIG_KUBETRAIN_TEST reuses a running
+control plane as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +32,11 @@ trainingjob_crd = cluster_tier.trainingjob_crd
 _timings: dict[str, float] = {}
 
 
+POD_NET = random.Random(os.getpid() ^ time.time_ns()).randint(16, 250)  # 127.POD_NET.N.0/24
+
+
 def e2e_pod_cidr(i: int) -> str:
-    return f"127.3.{i + 1}.0/24"
+    return f"127.{POD_NET}.{i + 1}.0/24"
 
 
 @contextlib.contextmanager
