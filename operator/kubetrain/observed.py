@@ -40,6 +40,8 @@ class PodView:
     disrupted: bool = False  # evicted, preempted by the scheduler, node lost (DisruptionTarget)
     nnodes: str = ""
     created: dt.datetime | None = None
+    final_step: int | None = None  # from the launcher's termination record (a finished pod)
+    final_loss: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -104,6 +106,19 @@ def _termination(message: str) -> tuple[str, str]:
     return str(doc.get("reason") or ""), detail
 
 
+def _final(message: str) -> tuple[int | None, float | None]:
+    """(step, loss) of the launcher's termination record, when it has them."""
+    try:
+        doc = json.loads((message or "").strip())
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    step, loss = doc.get("step"), doc.get("loss")
+    return (step if isinstance(step, int) else None,
+            float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None)
+
+
 def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -116,6 +131,7 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
     terminated = (mine.get("state") or {}).get("terminated") or {}
     exit_code = terminated.get("exitCode")
     reason, message = _termination(terminated.get("message") or "")
+    final_step, final_loss = _final(terminated.get("message") or "")
     reason = reason or terminated.get("reason") or status.get("reason") or ""
     message = message or status.get("message") or ""
 
@@ -142,6 +158,8 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         disrupted=disrupted,
         nnodes=(meta.get("annotations") or {}).get(n.ANNOTATION_NNODES, ""),
         created=_time(meta.get("creationTimestamp")),
+        final_step=final_step,
+        final_loss=final_loss,
     )
 
 

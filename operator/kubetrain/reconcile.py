@@ -420,6 +420,7 @@ class _Pass:
         so one worker's success is the job's; the rest are cleaned per cleanPodPolicy."""
         done = self.outcomes(spec, "succeeded")
         if done:
+            self.record_final_progress(done[0])
             return self.finish(True, R_COMPLETED, f"training finished: pod {done[0].name} exited 0")
         return None
 
@@ -559,6 +560,22 @@ class _Pass:
             self.actions.append(Create(pod))
 
     # ------------------------------------------------------------ progress, stall
+
+    def record_final_progress(self, pod: PodView) -> None:
+        """The last poll may predate the last steps: the launcher's termination record has the
+        final step and loss, so a finished job shows where training really ended."""
+        if pod.final_step is None or self.st.phase in TERMINAL:
+            return
+        old = self.st.progress or api.ProgressStatus()
+        if old.step is not None and old.step >= pod.final_step:
+            return
+        stamp = c.rfc3339(self.now)
+        self.st.progress = old.model_copy(update={
+            "step": pod.final_step,
+            "loss": pod.final_loss if pod.final_loss is not None else old.loss,
+            "updated_at": stamp,
+            "step_advanced_at": stamp,
+        })
 
     def record_progress(self, spec: api.TrainingJobSpec) -> None:
         """Write the latest /progress reading into status.progress, if it is newer."""

@@ -790,3 +790,24 @@ def test_poller_reads_progress_keeps_the_last_value_and_never_blocks() -> None:
     finally:
         server.close()
     assert seen == ["job"]
+
+
+def test_success_records_the_final_step_from_the_termination_record() -> None:
+    """The last /progress poll may predate the last steps; the launcher's record does not."""
+    status = running_status(progress={"step": 27, "loss": 1.5, "updatedAt": ts(-5)})
+    done = pod(0, phase="Succeeded", exit_code=0, final_step=30, final_loss=1.25)
+    d = reconcile(make_job(TWO, status), Observed(pods=(done, pod(1)), service=True, config_map_hash=cm_hash(TWO)),
+                  T0, SETTINGS)
+    assert d.status.phase == "Succeeded"
+    assert d.status.progress is not None
+    assert (d.status.progress.step, d.status.progress.loss) == (30, 1.25)
+
+
+def test_termination_record_step_and_loss_are_parsed() -> None:
+    from kubetrain.observed import pod_view
+
+    raw = {"metadata": {"name": "p", "labels": {}}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message":
+            '{"reason": "Succeeded", "message": "training finished", "step": 30, "loss": 1.25}'}}}]}}
+    view = pod_view(raw)
+    assert (view.final_step, view.final_loss, view.reason) == (30, 1.25, "Succeeded")

@@ -61,6 +61,7 @@ class Outcome:
     reason: str
     message: str
     step: int | None = None
+    loss: float | None = None
 
 
 # ----------------------------------------------------------------------------- environment
@@ -98,7 +99,9 @@ def termination_log_path() -> Path | None:
 def write_termination(outcome: Outcome, path: Path | None) -> None:
     if path is None:
         return
-    record = {"reason": outcome.reason, "message": outcome.message[-3500:], "step": outcome.step}
+    record: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[-3500:], "step": outcome.step}
+    if outcome.loss is not None:
+        record["loss"] = outcome.loss
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record) + "\n")
@@ -269,7 +272,20 @@ def run_agent(spec_path: str, run_dir: Path, launch_dir: Path, save_timeout: int
                        "since the last committed checkpoint")
     except Exception as exc:  # rendezvous timeouts and closed rendezvous land here
         return Outcome(EXIT_RETRYABLE, type(exc).__name__, str(exc) or repr(exc))
-    return _preempted(launch_dir) or Outcome(EXIT_OK, "Succeeded", "training finished")
+    return _preempted(launch_dir) or _succeeded(run_dir)
+
+
+def _succeeded(run_dir: Path) -> Outcome:
+    """Success, with the final step and loss from the trainer's summary (the operator's last
+    /progress poll may predate the last steps)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    step = summary.get("steps") if isinstance(summary.get("steps"), int) else None
+    loss = summary.get("final_loss") if isinstance(summary.get("final_loss"), (int, float)) else None
+    detail = f" at step {step}" + (f", final loss {loss:.4f}" if loss is not None else "") if step else ""
+    return Outcome(EXIT_OK, "Succeeded", f"training finished{detail}", step, loss)
 
 
 # ------------------------------------------------------------------------------------ main
