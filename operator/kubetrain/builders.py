@@ -58,6 +58,22 @@ def nnodes(spec: api.TrainingJobSpec) -> str:
     return f"{spec.workers.min}:{spec.workers.max}"
 
 
+# Kubernetes keeps a pod bound to an unreachable node for 300 s by default (DefaultTolerationSeconds);
+# a gang cannot train without the worker, so it is evicted, and replaced, after this instead.
+NODE_LOSS_TOLERATION_SECONDS = 30
+NODE_LOSS_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+
+
+def with_node_loss_tolerations(tolerations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The user's tolerations, plus a short NoExecute toleration of node loss unless they set one."""
+    out = list(tolerations or [])
+    for taint in NODE_LOSS_TAINTS:
+        if not any(t.get("key") == taint for t in out):
+            out.append({"key": taint, "operator": "Exists", "effect": "NoExecute",
+                        "tolerationSeconds": NODE_LOSS_TOLERATION_SECONDS})
+    return out
+
+
 def rendezvous_endpoint(job: JobRef) -> str:
     """Worker 0's stable DNS name under the headless Service (resolves to its current incarnation)."""
     return f"{n.hostname(job.name, 0)}.{n.service_name(job.name)}:{n.RENDEZVOUS_PORT}"
@@ -354,10 +370,10 @@ def build_pod(
     else:
         # The trainer never talks to the API server: no token unless the user asks for an account.
         pod_spec["automountServiceAccountToken"] = False
+    pod_spec["tolerations"] = with_node_loss_tolerations(w.tolerations)
     for key, value in (
         ("imagePullSecrets", w.image_pull_secrets),
         ("nodeSelector", w.node_selector),
-        ("tolerations", w.tolerations),
         ("affinity", w.affinity),
         ("priorityClassName", w.priority_class_name),
     ):

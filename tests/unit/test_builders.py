@@ -244,7 +244,7 @@ def test_every_pass_through_pod_setting() -> None:
     assert p["metadata"]["labels"][n.LABEL_JOB] == "demo"  # ours win
     assert p["metadata"]["annotations"]["note"] == "hello"
     assert ps["nodeSelector"] == {"gpu": "h100"}
-    assert ps["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert ps["tolerations"][0] == {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
     assert ps["affinity"]["nodeAffinity"]
     assert ps["priorityClassName"] == "training-high"
 
@@ -325,3 +325,15 @@ def test_a_changed_gang_changes_the_pod_group_hash() -> None:
     a, b = build_pod_group(JOB, gang("volcano")), build_pod_group(JOB, gang("volcano", queue="other"))
     assert a is not None and b is not None
     assert a["metadata"]["annotations"] != b["metadata"]["annotations"]
+
+
+def test_node_loss_is_tolerated_briefly_unless_the_user_says_otherwise() -> None:
+    """A gang cannot train without a worker on a lost node: it is evicted after 30 s, not 300."""
+    ps = pod(spec())["spec"]
+    short = {t["key"]: t for t in ps["tolerations"]}
+    for taint in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"):
+        assert short[taint] == {"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}
+    mine = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+            "tolerationSeconds": 600}
+    ps = pod(spec(replicas=1, tolerations=[mine]))["spec"]
+    assert [t for t in ps["tolerations"] if t["key"] == "node.kubernetes.io/unreachable"] == [mine]
