@@ -5,11 +5,12 @@ to reuse it instead of starting one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"kubetrain cluster: {what}: {seconds:.1f}")
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+@contextlib.contextmanager
+def control_plane(timings: dict[str, float], make: type[Cluster] = Cluster,
+                  around: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+                  ) -> Iterator[Cluster]:
+    """A running control plane for a session: the one KUBECONFIG_KUBETRAIN_TEST names, else a
+    fresh one (started inside `around`), stopped afterwards. Skips when binaries are missing."""
     existing = os.environ.get("KUBECONFIG_KUBETRAIN_TEST")
     if existing:
         try:
@@ -44,12 +49,19 @@ def cluster() -> Iterator[Cluster]:
     except binaries.MissingBinaries as e:
         pytest.skip(str(e))
     started = time.monotonic()
-    info = cp.start()
-    _timings["control plane start (s)"] = time.monotonic() - started
+    with around():
+        info = cp.start()
+    timings["control plane start (s)"] = time.monotonic() - started
     try:
-        yield Cluster(kubeconfig=Path(info.kubeconfig), kubectl_bin=info.kubectl, node_count=cp.node_count)
+        yield make(kubeconfig=Path(info.kubeconfig), kubectl_bin=info.kubectl, node_count=cp.node_count)
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with control_plane(_timings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import binaries, nodes
 from tests.cluster import conftest as cluster_tier
+from tests.cluster import nodes
 from tests.cluster.helpers import Cluster
 from tests.e2e.harness import Operator, describe, make_claim, operator_kubeconfig
 from tests.e2e.podrunner import PodRunner
@@ -63,28 +63,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    existing = os.environ.get("KUBECONFIG_KUBETRAIN_TEST")
-    if existing:
-        try:
-            yield Cluster.connect(Path(existing))
-        except binaries.MissingBinaries as e:
-            pytest.skip(str(e))
-        return
-
-    from tests.cluster.launcher import ControlPlane
-
-    try:
-        cp = ControlPlane()
-    except binaries.MissingBinaries as e:
-        pytest.skip(str(e))
-    started = time.monotonic()
-    with e2e_pod_cidrs():
-        info = cp.start()
-    _timings["control plane start (s)"] = time.monotonic() - started
-    try:
-        yield E2ECluster(kubeconfig=Path(info.kubeconfig), kubectl_bin=info.kubectl, node_count=cp.node_count)
-    finally:
-        cp.stop()
+    with cluster_tier.control_plane(_timings, E2ECluster, e2e_pod_cidrs) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
