@@ -4,7 +4,7 @@
     python bench/elastic_recovery.py --quick   # 1 kill
 
 Two launcher processes (`python -m kubetrain_trainer.launch`, what each pod runs) on loopback with
-the environment `kubetrain local` gives its workers (kubetrain.localrun.launcher_env: c10d
+the environment `kubetrain local` gives its workers (kubetrain.tools.localrun.launcher_env: c10d
 rendezvous, A hosts the store), made elastic as the operator makes pods: PET_NNODES=1:2 and
 PET_MAX_RESTARTS=spec.elastic.maxRestarts.  Once both train at world size 2 and a checkpoint
 exists at world 2, B (launcher + worker) is SIGKILLed — a lost pod — and the time until A's
@@ -35,7 +35,7 @@ from typing import Any
 from benchlib import REPO, Row, exit_on_sigterm, kill_tree, print_table, stop
 
 from kubetrain.api import TrainingJob
-from kubetrain.localrun import LocalOptions, free_port, launcher_env
+from kubetrain.tools.localrun import LocalOptions, free_port, launcher_env
 
 MODELS: dict[str, dict[str, Any]] = {
     "small": {"preset": "tiny", "nLayers": 4, "nHeads": 4, "dModel": 256, "vocabSize": 4096, "seqLen": 128},

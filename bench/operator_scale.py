@@ -7,7 +7,7 @@ created < 1 s; 500 jobs reconciled with operator RSS < 200 MB).
 
 (a) `kubectl create` of a TrainingJob with 64 workers (gpusPerWorker 0) until the 64th worker pod
     exists, seen by a pod watch opened beforehand.  Baseline, same run: the operator's own API client
-    (kubetrain.kubeio.Kube, its 32-thread pool) creating 64 identical bare pods in parallel, timed
+    (kubetrain.controller.kubeio.Kube, its 32-thread pool) creating 64 identical bare pods in parallel, timed
     the same way (the API floor).  Rounds alternate which goes first.
 (b) 500 TrainingJobs (replicas 1) created at once; the time until every one is Running with its
     worker ready, and the operator's VmRSS (/proc/<pid>/status) once all are; baseline: its VmRSS
@@ -243,7 +243,7 @@ def job_phase(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
 def bare_creator(kubeconfig: str) -> None:
     """A process of its own (as the operator is): load the operator's client, warm its connection,
     then for every line of JSON manifests on stdin create them in parallel and print the time."""
-    from kubetrain.kubeio import Kube, load_client
+    from kubetrain.controller.kubeio import Kube, load_client
 
     kube = Kube(load_client(kubeconfig, pool=32))
     kube.call("GET", "/api/v1/namespaces/default")

@@ -49,7 +49,7 @@ class Trace:
 
 
 def install(trace: Trace) -> None:
-    from kubetrain import handlers, kubeio, workqueue
+    from kubetrain.controller import handlers, kubeio, workqueue
 
     call = kubeio.Kube.call
 

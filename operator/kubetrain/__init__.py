@@ -1,9 +1,7 @@
-"""Kubetrain: run very large PyTorch training on Kubernetes."""
+"""Kubetrain: run very large PyTorch training on Kubernetes.
+
+Rooms: `kubetrain.api` (the contract), `kubetrain.controller` (the operator),
+`kubetrain.tools` (planner, local runs, plots), `kubetrain.cli` (the `kubetrain` command).
+"""
 
 __version__ = "0.1.0"
-
-GROUP = "kubetrain.dev"
-VERSION = "v1alpha1"
-KIND = "TrainingJob"
-PLURAL = "trainingjobs"
-API_VERSION = f"{GROUP}/{VERSION}"

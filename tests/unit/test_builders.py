@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from kubetrain import api
-from kubetrain import names as n
-from kubetrain.builders import (
+from kubetrain.api.constants import METRICS_PORT
+from kubetrain.controller import names as n
+from kubetrain.controller.builders import (
     JobRef,
     build_config_map,
     build_pod,
@@ -129,7 +130,7 @@ def test_torchrun_environment() -> None:
     assert e["PET_MAX_RESTARTS"] == "3"
     assert e["KUBETRAIN_SPEC_FILE"] == "/etc/kubetrain/trainingjob.json"
     assert e["KUBETRAIN_WORKER_INDEX"] == "2"
-    assert e["KUBETRAIN_METRICS_PORT"] == str(n.METRICS_PORT)
+    assert e["KUBETRAIN_METRICS_PORT"] == str(METRICS_PORT)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetrain.crd import build_crd
+from kubetrain.api.crd import build_crd
 from tests.cluster import binaries
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from kubetrain import api
-from kubetrain.crd import build_crd, crd_yaml
+from kubetrain.api.crd import build_crd, crd_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ def test_cel_rules_present() -> None:
 
 
 def test_field_reference_matches_models() -> None:
-    from kubetrain.fieldref import render
+    from kubetrain.tools.fieldref import render
 
     committed = (REPO / "docs" / "fields.md").read_text()
-    assert committed == render(), "docs/fields.md drifted: run `python -m kubetrain.fieldref > docs/fields.md`"
+    assert committed == render(), "docs/fields.md drifted: run `python -m kubetrain.tools.fieldref > docs/fields.md`"

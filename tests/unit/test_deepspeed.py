@@ -1,4 +1,4 @@
-"""`spec.deepspeed`: DeepSpeed's batch rule, key mapping, defaults and rejections (kubetrain.deepspeed)."""
+"""`spec.deepspeed`: DeepSpeed's batch rule, key mapping, defaults and rejections (kubetrain.api.deepspeed)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetrain import api, validate
-from kubetrain.deepspeed import (
+from kubetrain import api
+from kubetrain.api import validate
+from kubetrain.api.deepspeed import (
     DeepSpeedConfigError,
     analyse,
     deepspeed_notes,
@@ -20,7 +21,7 @@ from kubetrain.deepspeed import (
     unsupported_keys,
     valid_world_sizes,
 )
-from kubetrain.validate import validate_object
+from kubetrain.api.validate import validate_object
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "spec.deepspeed"

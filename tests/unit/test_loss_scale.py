@@ -1,4 +1,4 @@
-"""kubetrain.loss_scale: DeepSpeed's DynamicLossScaler.update_scale transitions."""
+"""kubetrain_trainer.loss_scale: DeepSpeed's DynamicLossScaler.update_scale transitions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubetrain.loss_scale import LossScaleAtMinimumError, LossScaleConfigError, LossScaler
+from kubetrain_trainer.loss_scale import LossScaleAtMinimumError, LossScaleConfigError, LossScaler
 
 
 def run(scaler: LossScaler, overflows: str) -> list[float]:

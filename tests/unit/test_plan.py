@@ -1,4 +1,4 @@
-"""`kubetrain plan` and `kubetrain.modelsize`: parameter counts, ZeRO formulas, activations,
+"""`kubetrain plan` and `kubetrain.api.modelsize`: parameter counts, ZeRO formulas, activations,
 GPU tables, fit suggestions and the CLI (which must work without torch)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kubetrain import api
-from kubetrain.modelsize import (
+from kubetrain.api.modelsize import (
     PRESETS,
     GPTSize,
     flops_per_token,
@@ -26,7 +26,7 @@ from kubetrain.modelsize import (
     parse_count,
     peak_flops,
 )
-from kubetrain.plan import (
+from kubetrain.tools.plan import (
     GIB,
     PlanError,
     activation_bytes,
@@ -78,7 +78,7 @@ def test_gpt_size_resolves_preset_then_overrides_like_the_trainer() -> None:
 
 
 def test_presets_equal_the_trainers_table() -> None:
-    """The trainer reads kubetrain.modelsize's table: one copy, so `plan` describes what it builds."""
+    """The trainer reads kubetrain.api.modelsize's table: one copy, so `plan` describes what it builds."""
     from kubetrain_trainer import config  # pure Python, no torch
 
     assert config.PRESETS is PRESETS and config.PRESETS == PRESETS

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from kubetrain import names as n
-from kubetrain.builders import build_config_map
-from kubetrain.kubeio import merge_patch
-from kubetrain.observed import Observed, PodView, ProgressReading, pod_view
-from kubetrain.progress import ProgressPoller, Target, target_of
-from kubetrain.reconcile import (
+from kubetrain.controller import names as n
+from kubetrain.controller.builders import build_config_map
+from kubetrain.controller.kubeio import merge_patch
+from kubetrain.controller.observed import Observed, PodView, ProgressReading, pod_view
+from kubetrain.controller.progress import ProgressPoller, Target, target_of
+from kubetrain.controller.reconcile import (
     Create,
     Decision,
     DeleteJob,
@@ -30,7 +30,7 @@ from kubetrain.reconcile import (
     backoff_seconds,
     reconcile,
 )
-from kubetrain.workqueue import RetryDelays, WorkQueue
+from kubetrain.controller.workqueue import RetryDelays, WorkQueue
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 SETTINGS = Settings(trainer_image="trainer:test", backoff_base_seconds=10, backoff_max_seconds=60)
@@ -804,7 +804,7 @@ def test_success_records_the_final_step_from_the_termination_record() -> None:
 
 
 def test_termination_record_step_and_loss_are_parsed() -> None:
-    from kubetrain.observed import pod_view
+    from kubetrain.controller.observed import pod_view
 
     raw = {"metadata": {"name": "p", "labels": {}}, "status": {"phase": "Succeeded", "containerStatuses": [
         {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message":

@@ -1,4 +1,4 @@
-"""kubetrain.schedules against DeepSpeed's formulas, computed by hand here.
+"""kubetrain.api.schedules against DeepSpeed's formulas, computed by hand here.
 
 Convention under test (DESIGN.md): lr_at(0) is what DeepSpeed's constructor
 sets (get_lr() at last_batch_iteration = -1), lr_at(k) for k >= 1 is get_lr()
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kubetrain.schedules import (
+from kubetrain.api.schedules import (
     DEFAULT_PARAMS,
     REQUIRED_PARAMS,
     SCHEDULE_TYPES,
@@ -648,7 +648,7 @@ def test_accepted_edge_values() -> None:
 
 
 def test_plot_lr_writes_png_or_explains(tmp_path: Any) -> None:
-    from kubetrain.plotting import plot_lr
+    from kubetrain.tools.plotting import plot_lr
 
     out = tmp_path / "lr.png"
     lrs = lr_sequence(
@@ -667,7 +667,7 @@ def test_plot_lr_writes_png_or_explains(tmp_path: Any) -> None:
 
 
 def test_plot_lr_without_matplotlib(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetrain.plotting import plot_lr
+    from kubetrain.tools.plotting import plot_lr
 
     for name in list(sys.modules):
         if name == "matplotlib" or name.startswith("matplotlib."):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from kubetrain import api
-from kubetrain.crd import build_crd
-from kubetrain.validate import cel_problems, validate_object
+from kubetrain.api.crd import build_crd
+from kubetrain.api.validate import cel_problems, validate_object
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = yaml.safe_load((Path(__file__).parent / "data" / "invalid_specs.yaml").read_text())

@@ -61,7 +61,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetrain.api import constants as k
+
 from .errors import EXIT_RETRYABLE, ModelError, SpecError, TrainerError
+from .protocol import write_failure
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -87,7 +90,7 @@ def step_dir_name(step: int) -> str:
 
 def checkpoint_root(run_dir: Path) -> Path:
     """``$KUBETRAIN_CHECKPOINT_DIR``, else ``<run dir>/checkpoints``."""
-    explicit = os.environ.get("KUBETRAIN_CHECKPOINT_DIR")
+    explicit = os.environ.get(k.ENV_CHECKPOINT_DIR)
     return Path(explicit) if explicit else run_dir / "checkpoints"
 
 
@@ -351,7 +354,7 @@ def _load_sync(trainer: Trainer, path: Path) -> None:
 
     keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     state = None
-    if any(k.startswith("sync.") for k in keys):
+    if any(key.startswith("sync.") for key in keys):
         state = _load_state_dict_from_keys({"sync"}, checkpoint_id=str(path)).get("sync")
     syncer.load_state_dict(state)
 
@@ -661,7 +664,6 @@ class Checkpointer:
             f"step {self.last_committed})"
         )
         log.error("%s", message)
-        from .cli import write_failure  # the worker's failure record: termination log, run dir, launcher
 
         write_failure(self.trainer.run_dir, self.rank, "CheckpointTimeout", message, step)
         logging.shutdown()
@@ -684,20 +686,3 @@ def _as_future(obj: Any) -> Future[Any]:
     """dcp.async_save returns a Future or (newer stagers) an AsyncSaveResponse."""
     upload = getattr(obj, "upload_completion", None)
     return upload if upload is not None else obj
-
-
-def write_marker(launch_dir: Path | None, kind: str, rank: int, record: dict[str, Any]) -> None:
-    """``<launch dir>/<kind>-rank<R>.json`` for the launcher (no-op outside it)."""
-    if launch_dir is None:
-        return
-    try:
-        launch_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(launch_dir / f"{kind}-rank{rank}.json", json.dumps(record) + "\n")
-    except OSError as e:
-        log.warning("cannot write %s marker in %s: %s", kind, launch_dir, e)
-
-
-def launch_dir_from_env() -> Path | None:
-    value = os.environ.get("KUBETRAIN_LAUNCH_DIR")
-    return Path(value) if value else None
-

@@ -22,14 +22,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from kubetrain.api import constants as k
+
 from . import config
 from .errors import EXIT_OK, EXIT_PREEMPTED, EXIT_RETRYABLE, TrainerError
+from .protocol import launch_dir_from_env, write_failure, write_marker
 
 log = logging.getLogger("kubetrain_trainer")
 
 
 def run_dir_for(name: str, cli_value: str | None) -> Path:
-    return Path(cli_value or os.environ.get("KUBETRAIN_RUN_DIR") or Path("runs") / name)
+    return Path(cli_value or os.environ.get(k.ENV_RUN_DIR) or Path("runs") / name)
 
 
 def _setup_logging(rank: int) -> None:
@@ -38,27 +41,6 @@ def _setup_logging(rank: int) -> None:
         format=f"[rank{rank}] %(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-
-
-def write_failure(run_dir: Path | None, rank: int, reason: str, message: str, step: int | None) -> None:
-    record = {"reason": reason, "message": message[-3000:], "step": step}
-    targets: list[Path] = []
-    term = os.environ.get("KUBETRAIN_TERMINATION_LOG")
-    if term:
-        targets.append(Path(term))
-    elif Path("/dev/termination-log").exists():
-        targets.append(Path("/dev/termination-log"))
-    if run_dir is not None:
-        targets.append(run_dir / "failures" / f"rank{rank}.json")
-    launch_dir = os.environ.get("KUBETRAIN_LAUNCH_DIR")
-    if launch_dir:
-        targets.append(Path(launch_dir) / f"failure-rank{rank}.json")
-    for path in targets:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record) + "\n")
-        except OSError:
-            pass
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
@@ -82,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed  # torch import after argument parsing (fast --help)
 
     trainer = None
-    fallback = args.run_dir or os.environ.get("KUBETRAIN_RUN_DIR")
+    fallback = args.run_dir or os.environ.get(k.ENV_RUN_DIR)
     run_dir: Path | None = Path(fallback) if fallback else None  # until the spec names the job
     rc = EXIT_OK
     try:
         cfg = config.load(args.spec)
         run_dir = run_dir_for(cfg.name, args.run_dir)
         ctx = distributed.init(cfg.workers.gpus_per_worker, cfg.elastic.collective_timeout_seconds)
-        from .checkpoint import Checkpointer, checkpoint_root, launch_dir_from_env, write_marker
+        from .checkpoint import Checkpointer, checkpoint_root
         from .engine import Trainer
         from .faults import Faults
         from .metrics import metrics_port

@@ -3,7 +3,7 @@
 Everything else in the trainer uses the small frozen dataclasses defined here, so a field rename
 in ``kubetrain.api`` touches only this file.  The spec may come as a whole TrainingJob object or
 just its ``spec``; as a dict or as a ``kubetrain.api`` pydantic model.  When ``kubetrain.api`` is
-importable the spec is validated by it and ``kubetrain.deepspeed.resolve`` merges DeepSpeed keys
+importable the spec is validated by it and ``kubetrain.api.deepspeed.resolve`` merges DeepSpeed keys
 into the typed fields; the resolved model is then dumped (camelCase) and read by the dict reader
 below, so exactly one code path turns field names into dataclass attributes.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetrain import modelsize as _modelsize
+from kubetrain.api import modelsize as _modelsize
 
 from .errors import SpecError
 
@@ -28,7 +28,7 @@ OPTIMIZERS = ("AdamW", "Adam", "SGD")
 DATA_TYPES = ("synthetic", "tokens", "text")
 SYNC_MODES = ("allreduce", "localSGD", "diloco", "powerSGD")
 
-# Built-in GPT presets (n_layers, n_heads, d_model, vocab_size, seq_len): kubetrain.modelsize is the
+# Built-in GPT presets (n_layers, n_heads, d_model, vocab_size, seq_len): kubetrain.api.modelsize is the
 # single source of truth (pure Python; `kubetrain plan` reads the same table).
 PRESETS = _modelsize.PRESETS
 DEFAULT_PRESET = _modelsize.DEFAULT_PRESET
@@ -459,7 +459,7 @@ def _resolve_with_api(spec: Any, world_size: int | None) -> Mapping[str, Any]:
         except Exception as e:  # pydantic.ValidationError, kept import-free
             raise SpecError(_format_validation_error(e)) from None
     try:
-        ds = importlib.import_module("kubetrain.deepspeed")
+        ds = importlib.import_module("kubetrain.api.deepspeed")
     except ImportError:
         ds = None
     resolve = getattr(ds, "resolve", None)

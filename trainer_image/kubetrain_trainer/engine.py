@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from kubetrain.loss_scale import LossScaleAtMinimumError
-from kubetrain.schedules import LRSchedule, ScheduleError, make_schedule
+from kubetrain.api.schedules import LRSchedule, ScheduleError, make_schedule
+from kubetrain_trainer.loss_scale import LossScaleAtMinimumError
 
 from . import fp8
 from .config import JobConfig

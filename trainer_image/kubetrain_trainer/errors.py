@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_INVALID_SPEC = 64
-EXIT_MODEL_OR_DATA = 65
-EXIT_PREEMPTED = 75
-EXIT_RETRYABLE = 1
+from kubetrain.api.constants import (
+    EXIT_INVALID_SPEC,
+    EXIT_MODEL_OR_DATA,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_RETRYABLE,
+)
+
+__all__ = ["EXIT_INVALID_SPEC", "EXIT_MODEL_OR_DATA", "EXIT_OK", "EXIT_PREEMPTED", "EXIT_RETRYABLE"]
 
 
 class TrainerError(Exception):

@@ -45,8 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INVALID_SPEC, EXIT_MODEL_OR_DATA, EXIT_PREEMPTED, EXIT_RETRYABLE = 0, 64, 65, 75, 1
-PERMANENT = (EXIT_INVALID_SPEC, EXIT_MODEL_OR_DATA)
+from kubetrain.api import constants as k
+from kubetrain.api.constants import (
+    EXIT_INVALID_SPEC,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_RETRYABLE,
+    PERMANENT_EXIT_CODES,
+)
+
+from .protocol import termination_log_path
+
+PERMANENT = tuple(sorted(PERMANENT_EXIT_CODES))
 # A failed group has no consistent state to save: stop what is left quickly.
 FAILED_GROUP_STOP_SECONDS = 5
 # Margin on top of the save limit for the last step and process teardown.
@@ -88,14 +98,6 @@ def _nproc(value: str) -> int:
     return int(value)
 
 
-def termination_log_path() -> Path | None:
-    explicit = os.environ.get("KUBETRAIN_TERMINATION_LOG")
-    if explicit:
-        return Path(explicit)
-    default = Path("/dev/termination-log")
-    return default if default.exists() else None
-
-
 def write_termination(outcome: Outcome, path: Path | None) -> None:
     if path is None:
         return
@@ -114,8 +116,8 @@ def write_termination(outcome: Outcome, path: Path | None) -> None:
 
 def preflight(spec_path: str) -> tuple[dict[str, Any] | None, Outcome | None]:
     """Validate the spec before any rendezvous: a bad spec must never half-start a job."""
-    from kubetrain.specfile import SpecFileError, load_one
-    from kubetrain.validate import validate_object
+    from kubetrain.api.specfile import SpecFileError, load_one
+    from kubetrain.api.validate import validate_object
 
     try:
         obj = load_one(spec_path)
@@ -160,7 +162,7 @@ def _patch_agent(state: _AgentState) -> None:
 
     def _start_workers(self: Any, worker_group: Any) -> Any:
         state.started_workers = True
-        launch_dir = os.environ.get("KUBETRAIN_LAUNCH_DIR")
+        launch_dir = os.environ.get(k.ENV_LAUNCH_DIR)
         if launch_dir:
             _clear_markers(Path(launch_dir))
         return original_start(self, worker_group)
@@ -299,9 +301,9 @@ def _signal_to_exception(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetrain_trainer.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default=os.environ.get("KUBETRAIN_SPEC_FILE"),
+    parser.add_argument("--spec", default=os.environ.get(k.ENV_SPEC_FILE),
                         help="TrainingJob YAML/JSON (default: $KUBETRAIN_SPEC_FILE)")
-    parser.add_argument("--run-dir", default=os.environ.get("KUBETRAIN_RUN_DIR"),
+    parser.add_argument("--run-dir", default=os.environ.get(k.ENV_RUN_DIR),
                         help="metrics, checkpoints (default: $KUBETRAIN_RUN_DIR or ./runs/<name>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[launch] %(asctime)s %(levelname)s %(message)s",
@@ -329,10 +331,10 @@ def _main(args: argparse.Namespace) -> Outcome:
     run_dir = Path(args.run_dir or Path("runs") / name)
     run_dir.mkdir(parents=True, exist_ok=True)
     launch_dir = Path(tempfile.mkdtemp(prefix="kubetrain-launch-"))
-    os.environ["KUBETRAIN_LAUNCH_DIR"] = str(launch_dir)
-    os.environ["KUBETRAIN_RUN_DIR"] = str(run_dir)
+    os.environ[k.ENV_LAUNCH_DIR] = str(launch_dir)
+    os.environ[k.ENV_RUN_DIR] = str(run_dir)
     # Workers report to the launch dir; the launcher alone writes the pod's termination log.
-    os.environ["KUBETRAIN_TERMINATION_LOG"] = os.devnull
+    os.environ[k.ENV_TERMINATION_LOG] = os.devnull
     # From here SIGTERM/SIGINT become the agent's SignalException, also during rendezvous.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _signal_to_exception)

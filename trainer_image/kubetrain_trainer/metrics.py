@@ -22,12 +22,12 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kubetrain import modelsize
+from kubetrain.api import modelsize
 
 DEFAULT_PORT = 9090
 
 def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """Peak FLOP/s of one device for a compute dtype (``kubetrain.modelsize``'s GPU table, the one
+    """Peak FLOP/s of one device for a compute dtype (``kubetrain.api.modelsize``'s GPU table, the one
     ``kubetrain plan`` uses); None on CPU or an unknown GPU.  fp32 counts TF32 tensor cores only
     when PyTorch is allowed to use them for matmuls."""
     if device.type != "cuda":

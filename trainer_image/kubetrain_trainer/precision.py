@@ -1,5 +1,5 @@
 """Precision: autocast (ddp/zero1) or an FSDP2 MixedPrecisionPolicy (zero2/zero3), with fp32 master
-weights and fp32 gradient reductions; DeepSpeed's fp16 loss scaler from ``kubetrain.loss_scale``;
+weights and fp32 gradient reductions; DeepSpeed's fp16 loss scaler from ``kubetrain_trainer.loss_scale``;
 fp8 Linear layers via ``fp8``.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from kubetrain.loss_scale import LossScaleConfigError, LossScaler
+from kubetrain_trainer.loss_scale import LossScaleConfigError, LossScaler
 
 from .config import PrecisionConfig
 from .errors import SpecError

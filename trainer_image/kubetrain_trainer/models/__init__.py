@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubetrain.modelsize import GPTSize, gpt_flops_per_token
+from kubetrain.api.modelsize import GPTSize, gpt_flops_per_token
 
 from ..config import ModelConfig
 from ..errors import ModelError
@@ -118,7 +118,7 @@ def build_model(cfg: ModelConfig) -> BuiltModel:
     )
     model = GPT(gcfg)
     n_params = sum(p.numel() for p in model.parameters())
-    # FLOPs per token from kubetrain.modelsize: the same number `kubetrain plan` prints.
+    # FLOPs per token from kubetrain.api.modelsize: the same number `kubetrain plan` prints.
     size = GPTSize(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.vocab_size, cfg.seq_len, cfg.tie_embeddings)
     return BuiltModel(
         model, cross_entropy, list(model.blocks), n_params, gpt_flops_per_token(size), cfg.seq_len, cfg.vocab_size,

@@ -11,14 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubetrain import names as n
-
-# Exit codes of the trainer launcher (DESIGN.md).
-EXIT_OK = 0
-EXIT_INVALID_SPEC = 64
-EXIT_PERMANENT = 65
-EXIT_PREEMPTED = 75
-PERMANENT_EXIT_CODES = frozenset({EXIT_INVALID_SPEC, EXIT_PERMANENT})
+from kubetrain.api.constants import EXIT_PREEMPTED, PERMANENT_EXIT_CODES
+from kubetrain.controller import names as n
 
 Outcome = Literal["running", "succeeded", "permanent", "retryable", "preempted", "lost"]
 

@@ -1,12 +1,12 @@
 """The TrainingJob contract: pydantic models for spec and status.
 
 Everything else derives from these models: the CRD's structural schema and CEL rules
-(`kubetrain.crd`), `kubetrain validate`, the docs' field reference and the trainer's
+(`kubetrain.api.crd`), `kubetrain validate`, the docs' field reference and the trainer's
 config parsing. Field names are camelCase on the wire (aliases) and snake_case here.
 
 No CRD server-side defaults: a default lives only here (and in the field's description),
 so the stored object says exactly what the user wrote, and "given explicitly" stays
-knowable for the DeepSpeed-mapping rule (see `kubetrain.deepspeed`).
+knowable for the DeepSpeed-mapping rule (see `kubetrain.api.deepspeed`).
 """
 
 from __future__ import annotations

@@ -46,17 +46,16 @@ stops answering leaves the last value with its timestamp.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import importlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kubetrain import api
-from kubetrain import conditions as c
-from kubetrain import names as n
-from kubetrain.builders import (
+from kubetrain.api.constants import PERMANENT_REASON_BY_CODE
+from kubetrain.controller import conditions as c
+from kubetrain.controller import names as n
+from kubetrain.controller.builders import (
     DEFAULT_TRAINER_IMAGE,
     NATIVE_GANG,
     JobRef,
@@ -67,7 +66,7 @@ from kubetrain.builders import (
     gang_mode,
     nnodes,
 )
-from kubetrain.observed import Observed, PodView
+from kubetrain.controller.observed import Observed, PodView
 
 TERMINAL = ("Succeeded", "Failed")
 _CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
@@ -93,7 +92,6 @@ R_UNSCHEDULABLE = "Unschedulable"
 R_TTL = "TTLExpired"
 R_WORKERS_CREATED = "WorkersCreated"
 R_STALLED = "ProgressStalled"
-PERMANENT_REASON_BY_CODE = {64: "InvalidSpec", 65: "ModelOrDataError"}
 
 
 @dataclass(frozen=True)
@@ -751,10 +749,8 @@ def spec_problems(obj: dict[str, Any]) -> tuple[str, ...]:
     `kubetrain validate` (e.g. whether a DeepSpeed config maps onto the typed fields). The CRD's
     CEL rules are left out: the API server enforced them on admission, and evaluating them in
     Python costs a hundred times more than all the rest."""
-    from kubetrain import validate
+    from kubetrain.api import validate
 
-    with contextlib.suppress(ImportError):  # importing it registers its checks with `validate`
-        importlib.import_module("kubetrain.deepspeed")
     problems = validate.model_problems(obj)
     if not problems:
         spec = api.TrainingJob.model_validate(obj).spec

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubetrain import GROUP, KIND, PLURAL, VERSION, api
+from kubetrain import api
+from kubetrain.api.constants import GROUP, KIND, PLURAL, VERSION
 
 _DROP = {"title", "default", "discriminator"}
 

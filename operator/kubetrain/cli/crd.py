@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from kubetrain.crd import build_crd, crd_yaml
+from kubetrain.api.crd import build_crd, crd_yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,15 +27,15 @@ from typing import Any, TypeVar
 
 import kopf
 
-from kubetrain import GROUP, PLURAL, VERSION
-from kubetrain import names as n
-from kubetrain.builders import GANG_SCHEDULERS, gang_mode
-from kubetrain.conditions import rfc3339
-from kubetrain.kubeio import ApiError, Kube, load_client, merge_patch
-from kubetrain.observed import Observed, pod_view
-from kubetrain.operator_metrics import OperatorMetrics
-from kubetrain.progress import ProgressPoller, target_of
-from kubetrain.reconcile import (
+from kubetrain.api.constants import GROUP, PLURAL, VERSION
+from kubetrain.controller import names as n
+from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
+from kubetrain.controller.conditions import rfc3339
+from kubetrain.controller.kubeio import ApiError, Kube, load_client, merge_patch
+from kubetrain.controller.metrics import OperatorMetrics
+from kubetrain.controller.observed import Observed, pod_view
+from kubetrain.controller.progress import ProgressPoller, target_of
+from kubetrain.controller.reconcile import (
     Create,
     Decision,
     DeleteChild,
@@ -49,7 +49,7 @@ from kubetrain.reconcile import (
     spec_problems,
     workers_created_event,
 )
-from kubetrain.workqueue import QueueClosed, RetryDelays, WorkQueue
+from kubetrain.controller.workqueue import QueueClosed, RetryDelays, WorkQueue
 
 log = logging.getLogger("kubetrain.operator")
 Key = tuple[str, str]  # (namespace, name)

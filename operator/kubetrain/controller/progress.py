@@ -19,10 +19,11 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from kubetrain import names as n
-from kubetrain.observed import ProgressReading
+from kubetrain.api.constants import METRICS_PORT
+from kubetrain.controller import names as n
+from kubetrain.controller.observed import ProgressReading
 
-log = logging.getLogger("kubetrain.progress")
+log = logging.getLogger("kubetrain.controller.progress")
 K = TypeVar("K", bound=Hashable)
 MAX_CONCURRENT = 32
 
@@ -52,7 +53,7 @@ def target_of(pods: list[dict[str, Any]], generation: int, container: str = "tra
     if not candidates:
         return None
     _, pod = min(candidates, key=lambda c: c[0])
-    port = n.METRICS_PORT
+    port = METRICS_PORT
     for c in (pod.get("spec") or {}).get("containers") or []:
         if c.get("name") == container:
             port = next((pt["containerPort"] for pt in c.get("ports") or [] if pt.get("name") == "metrics"), port)

@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubetrain.localrun import read_history
-    from kubetrain.plotting import plot_run
+    from kubetrain.tools.localrun import read_history
+    from kubetrain.tools.plotting import plot_run
 
     history = read_history(args.run_dir)
     if not history:

@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from kubetrain.specfile import SpecFileError, load_one
-from kubetrain.validate import validate_object
-
-EXIT_INVALID_SPEC = 64
+from kubetrain.api.constants import EXIT_INVALID_SPEC
+from kubetrain.api.specfile import SpecFileError, load_one
+from kubetrain.api.validate import validate_object
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from kubetrain.api import TrainingJob
-    from kubetrain.localrun import LocalOptions, LocalRun, summary_lines
+    from kubetrain.tools.localrun import LocalOptions, LocalRun, summary_lines
 
     job = TrainingJob.model_validate(obj)
     name = str(job.metadata.get("name") or Path(args.file).stem)

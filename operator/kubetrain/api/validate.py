@@ -9,31 +9,23 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import celpy
 from pydantic import BaseModel, ValidationError
 
-from kubetrain import API_VERSION, KIND, api
-from kubetrain.crd import crd_schema
+from kubetrain import api
+from kubetrain.api import deepspeed
+from kubetrain.api.constants import API_VERSION, KIND
+from kubetrain.api.crd import crd_schema
+from kubetrain.api.problems import Problem, SpecError
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec: where, what, and how to fix it."""
-
-    path: str
-    message: str
-    fix: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" + (f"; fix: {self.fix}" if self.fix else "")
-
-
-# Extra checks beyond the schema (e.g. the DeepSpeed mapping) register here: spec -> problems.
+# Checks beyond the schema, in order: spec -> problems. An explicit list (nothing registers itself).
 SemanticCheck = Callable[[api.TrainingJobSpec, dict[str, Any]], list[Problem]]
-SEMANTIC_CHECKS: list[SemanticCheck] = []
+SEMANTIC_CHECKS: tuple[SemanticCheck, ...] = (deepspeed.deepspeed_problems,)
+
+# Non-fatal remarks shown by `kubetrain validate` (e.g. unsupported DeepSpeed keys).
+NOTE_PROVIDERS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (deepspeed.note_provider,)
 
 
 # ------------------------------------------------------------------------- pydantic errors
@@ -195,16 +187,3 @@ def parse_spec(obj: dict[str, Any]) -> api.TrainingJob:
     if problems:
         raise SpecError(problems)
     return api.TrainingJob.model_validate(obj)
-
-
-class SpecError(ValueError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-# Non-fatal remarks shown by `kubetrain validate` (e.g. unsupported DeepSpeed keys).
-NOTE_PROVIDERS: list[Callable[[dict[str, Any]], list[str]]] = []
-
-# Checks that register themselves into SEMANTIC_CHECKS / NOTE_PROVIDERS (imported last: they import this module).
-import kubetrain.deepspeed  # noqa: E402, F401

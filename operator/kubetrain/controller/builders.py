@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kubetrain import API_VERSION, KIND, api
-from kubetrain import names as n
+from kubetrain import api
+from kubetrain.api import constants as k
+from kubetrain.api.constants import API_VERSION, KIND
+from kubetrain.controller import names as n
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetrain/trainer:0.1.0"
 CONTAINER = "trainer"
@@ -119,7 +121,7 @@ def min_resources(spec: api.TrainingJobSpec) -> dict[str, int | str]:
     per.update((r.requests or {}) if r else {})
     if spec.workers.gpus_per_worker:
         per["nvidia.com/gpu"] = spec.workers.gpus_per_worker
-    return {k: scale_quantity(v, spec.workers.min) for k, v in sorted(per.items())}
+    return {key: scale_quantity(v, spec.workers.min) for key, v in sorted(per.items())}
 
 
 def build_pod_group(job: JobRef, spec: api.TrainingJobSpec) -> dict[str, Any] | None:
@@ -232,15 +234,15 @@ def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) ->
         {"name": "PET_RDZV_ID", "value": job.uid},
         {"name": "PET_MAX_RESTARTS", "value": str(spec.elastic.max_restarts)},
         {"name": "PET_RDZV_CONF", "value": f"join_timeout={spec.elastic.rendezvous_timeout_seconds}"},
-        {"name": "KUBETRAIN_SPEC_FILE", "value": SPEC_FILE},
-        {"name": "KUBETRAIN_METRICS_PORT", "value": str(n.METRICS_PORT)},
-        {"name": "KUBETRAIN_RUN_DIR", "value": spec.checkpoint.storage.mount_path if spec.checkpoint.storage
+        {"name": k.ENV_SPEC_FILE, "value": SPEC_FILE},
+        {"name": k.ENV_METRICS_PORT, "value": str(k.METRICS_PORT)},
+        {"name": k.ENV_RUN_DIR, "value": spec.checkpoint.storage.mount_path if spec.checkpoint.storage
          else api.StorageSpec().mount_path},
-        {"name": "KUBETRAIN_JOB_NAME", "value": job.name},
-        {"name": "KUBETRAIN_WORKER_INDEX", "value": str(index)},
-        {"name": "KUBETRAIN_RESTART_GENERATION", "value": str(generation)},
-        {"name": "KUBETRAIN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "KUBETRAIN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": k.ENV_JOB_NAME, "value": job.name},
+        {"name": k.ENV_WORKER_INDEX, "value": str(index)},
+        {"name": k.ENV_RESTART_GENERATION, "value": str(generation)},
+        {"name": k.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": k.ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     # Ours win over a user variable of the same name: the rendezvous must agree across the gang.
     taken = {e["name"] for e in ours}
@@ -316,13 +318,13 @@ def build_pod(
         "command": ["python", "-m", "kubetrain_trainer.launch"],
         "env": _env(job, spec, index, generation),
         "ports": [
-            {"name": "metrics", "containerPort": n.METRICS_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": k.METRICS_PORT, "protocol": "TCP"},
             {"name": "rendezvous", "containerPort": n.RENDEZVOUS_PORT, "protocol": "TCP"},
         ],
         "volumeMounts": mounts,
         # The launcher writes {reason, message, step} here; a crash before it could is still
         # explained by the log tail.
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": k.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -3,7 +3,7 @@ optimizer step 0 .. N-1, as the trainer will use it.
 
 The file is validated first (problems -> printed, exit 1). The spec is then resolved
 (`spec.deepspeed` mapped onto the typed fields), and the schedule is built by
-`kubetrain.schedules` -- the very code the trainer runs -- with the resolved optimizer lr
+`kubetrain.api.schedules` -- the very code the trainer runs -- with the resolved optimizer lr
 as its base lr. Step k is the k-th applied optimizer step (DESIGN.md's step convention).
 """
 
@@ -14,10 +14,10 @@ import json
 import sys
 
 from kubetrain import api
-from kubetrain.deepspeed import analyse
-from kubetrain.schedules import lr_sequence, make_schedule
-from kubetrain.specfile import SpecFileError, load_one
-from kubetrain.validate import validate_object
+from kubetrain.api.deepspeed import analyse
+from kubetrain.api.schedules import lr_sequence, make_schedule
+from kubetrain.api.specfile import SpecFileError, load_one
+from kubetrain.api.validate import validate_object
 
 
 def _positive(text: str) -> int:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     name = str((doc.get("metadata") or {}).get("name", "?"))
 
     if args.png:
-        from kubetrain.plotting import plot_lr
+        from kubetrain.tools.plotting import plot_lr
 
         try:
             plot_lr(lrs, args.png, f"{name}: {type_} (base lr {base_lr:g})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from kubetrain import GROUP
+from kubetrain.api.constants import GROUP
 
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_INDEX = f"{GROUP}/worker-index"
@@ -25,7 +25,6 @@ ANNOTATION_NNODES = f"{GROUP}/nnodes"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 
 RENDEZVOUS_PORT = 29400
-METRICS_PORT = 9090
 DNS_LABEL_MAX = 63
 DNS_SUBDOMAIN_MAX = 253
 

@@ -14,10 +14,10 @@ import json
 import sys
 
 from kubetrain import api
-from kubetrain.modelsize import format_count, parse_count
-from kubetrain.plan import DEFAULT_HEADROOM, DEFAULT_MFU, GIB, Plan, PlanError, StrategyMemory, plan
-from kubetrain.specfile import SpecFileError, load_one
-from kubetrain.validate import validate_object
+from kubetrain.api.modelsize import format_count, parse_count
+from kubetrain.api.specfile import SpecFileError, load_one
+from kubetrain.api.validate import validate_object
+from kubetrain.tools.plan import DEFAULT_HEADROOM, DEFAULT_MFU, GIB, Plan, PlanError, StrategyMemory, plan
 
 
 def _count(text: str) -> int:
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(ImportError):
-        import kubetrain.deepspeed  # noqa: F401  (registers the DeepSpeed checks with validate)
+        import kubetrain.api.deepspeed  # noqa: F401  (registers the DeepSpeed checks with validate)
     try:
         doc = load_one(args.file)
     except SpecFileError as exc:

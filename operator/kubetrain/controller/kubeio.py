@@ -12,9 +12,9 @@ import socket
 from typing import Any
 from urllib.parse import quote
 
-from kubetrain import GROUP, PLURAL, VERSION
-from kubetrain import names as n
-from kubetrain.observed import owned_by
+from kubetrain.api.constants import GROUP, PLURAL, VERSION
+from kubetrain.controller import names as n
+from kubetrain.controller.observed import owned_by
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"

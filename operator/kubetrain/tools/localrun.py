@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from kubetrain.api import TrainingJob
-
-EXIT_PREEMPTED = 75
-EXIT_INTERRUPTED = 130
+from kubetrain.api.constants import (
+    ENV_CHECKPOINT_DIR,
+    ENV_METRICS_PORT,
+    ENV_RUN_DIR,
+    ENV_SPEC_FILE,
+    ENV_TERMINATION_LOG,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+)
 
 
 @dataclass
@@ -56,11 +62,11 @@ def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int) ->
         "PET_LOCAL_ADDR": "127.0.0.1",
         # only the first simulated pod's host creates the rendezvous store
         "PET_RDZV_CONF": f"is_host={'true' if index == 0 else 'false'}",
-        "KUBETRAIN_SPEC_FILE": str(opts.spec_path.resolve()),
-        "KUBETRAIN_RUN_DIR": str(opts.run_dir.resolve()),
-        "KUBETRAIN_CHECKPOINT_DIR": str((opts.run_dir / "checkpoints").resolve()),
-        "KUBETRAIN_METRICS_PORT": "0",
-        "KUBETRAIN_TERMINATION_LOG": str((opts.run_dir / "logs" / f"termination-{index}.json").resolve()),
+        ENV_SPEC_FILE: str(opts.spec_path.resolve()),
+        ENV_RUN_DIR: str(opts.run_dir.resolve()),
+        ENV_CHECKPOINT_DIR: str((opts.run_dir / "checkpoints").resolve()),
+        ENV_METRICS_PORT: "0",
+        ENV_TERMINATION_LOG: str((opts.run_dir / "logs" / f"termination-{index}.json").resolve()),
         "PYTHONUNBUFFERED": "1",
     })
     return env

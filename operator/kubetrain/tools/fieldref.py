@@ -1,6 +1,6 @@
 """Generate the field reference (docs/fields.md) from the CRD schema, i.e. from the models.
 
-Run `python -m kubetrain.fieldref > docs/fields.md`; a unit test fails when it drifts.
+Run `python -m kubetrain.tools.fieldref > docs/fields.md`; a unit test fails when it drifts.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kubetrain.crd import crd_schema
+from kubetrain.api.crd import crd_schema
 
 
 def _type_of(node: dict[str, Any]) -> str:
@@ -59,7 +59,7 @@ def render() -> str:
     lines = [
         "# TrainingJob field reference",
         "",
-        "Generated from `kubetrain.api` by `python -m kubetrain.fieldref`; do not edit by hand.",
+        "Generated from `kubetrain.api` by `python -m kubetrain.tools.fieldref`; do not edit by hand.",
         "Every field is optional unless marked required; the default is in its description.",
         "",
         "## spec",

@@ -52,13 +52,13 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetrain import api
-from kubetrain.schedules import SCHEDULE_TYPES, ScheduleError, make_schedule
-from kubetrain.validate import NOTE_PROVIDERS, SEMANTIC_CHECKS, Problem
+from kubetrain.api.problems import Problem
+from kubetrain.api.schedules import SCHEDULE_TYPES, ScheduleError, make_schedule
 
 __all__ = [
     "KUBETRAIN_DEFAULTS",
@@ -992,20 +992,9 @@ def deepspeed_notes(spec: api.TrainingJobSpec) -> list[str]:
     return notes
 
 
-def _note_provider(obj: dict[str, Any]) -> list[str]:
+def note_provider(obj: dict[str, Any]) -> list[str]:
     try:
         spec = api.TrainingJob.model_validate(obj).spec
     except Exception:  # invalid objects get problems, not notes
         return []
     return deepspeed_notes(spec)
-
-
-def _register(checks: list[Callable[..., Any]], fn: Callable[..., Any]) -> None:
-    if not any(getattr(c, "__qualname__", None) == fn.__qualname__ and getattr(c, "__module__", None) == __name__
-               for c in checks):
-        checks.append(fn)
-
-
-_register(SEMANTIC_CHECKS, deepspeed_problems)
-_register(NOTE_PROVIDERS, _note_provider)
-

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetrain import api
-from kubetrain.modelsize import (
+from kubetrain.api.modelsize import (
     CPU_NAMES,
     DEFAULT_PRESET,
     GPU_PEAK_TFLOPS,
@@ -271,13 +271,13 @@ def activations_for(size: GPTSize | None, micro_batch: int, dtype: str, strategy
 
 
 def resolve_spec(spec: api.TrainingJobSpec, world_size: int) -> api.TrainingJobSpec:
-    """spec.deepspeed mapped onto the typed fields at this world size (kubetrain.deepspeed).
+    """spec.deepspeed mapped onto the typed fields at this world size (kubetrain.api.deepspeed).
     Without a DeepSpeed config the typed fields are read as they are (defaults applied by `plan`),
     so an uneven batch becomes a note instead of an error."""
     if not spec.deepspeed:
         return spec
     try:
-        from kubetrain import deepspeed
+        from kubetrain.api import deepspeed
     except ImportError:  # the mapping module is optional for planning: typed fields + defaults
         return spec
     try:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from kubetrain.builders import DEFAULT_TRAINER_IMAGE
+from kubetrain.controller.builders import DEFAULT_TRAINER_IMAGE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
-    from kubetrain import handlers
-    from kubetrain.reconcile import Settings
+    from kubetrain.controller import handlers
+    from kubetrain.controller.reconcile import Settings
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
     kopf.configure(verbose=args.verbose, log_format=formats[args.log_format])

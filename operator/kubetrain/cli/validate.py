@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kubetrain.specfile import SpecFileError, load_documents
-from kubetrain.validate import validate_object
+from kubetrain.api.specfile import SpecFileError, load_documents
+from kubetrain.api.validate import validate_object
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
 def notes_for(doc: dict) -> list[str]:
     """Non-fatal remarks (e.g. DeepSpeed keys Kubetrain ignores), filled by later modules."""
-    from kubetrain.validate import NOTE_PROVIDERS
+    from kubetrain.api.validate import NOTE_PROVIDERS
 
     return [n for provider in NOTE_PROVIDERS for n in provider(doc)]

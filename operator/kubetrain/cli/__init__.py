@@ -9,15 +9,15 @@ import sys
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "crd": ("kubetrain.cmd_crd", "print the TrainingJob CustomResourceDefinition"),
-    "validate": ("kubetrain.cmd_validate", "validate TrainingJob files offline (models + CEL rules)"),
-    "local": ("kubetrain.cmd_local", "train a TrainingJob on this machine (the pods' launcher, loopback rendezvous)"),
-    "plot": ("kubetrain.cmd_plot", "plot loss, learning rate and throughput of a run directory"),
-    "prepare-data": ("kubetrain.cmd_prepare_data", "turn text files into token shards (byte-level) for data.type tokens"),
-    "operator": ("kubetrain.cmd_operator", "run the TrainingJob operator (kopf) in the foreground"),
-    "plan": ("kubetrain.cmd_plan", "estimate parameters, per-GPU memory, FLOPs and step time; suggest what fits"),
-    "schedule": ("kubetrain.cmd_schedule", "print the learning rate of every step as the trainer will use it"),
-    "export": ("kubetrain.cmd_export", "consolidate a checkpoint's weights into safetensors (fp32, bf16, int8)"),
+    "crd": ("kubetrain.cli.crd", "print the TrainingJob CustomResourceDefinition"),
+    "validate": ("kubetrain.cli.validate", "validate TrainingJob files offline (models + CEL rules)"),
+    "local": ("kubetrain.cli.local", "train a TrainingJob on this machine (the pods' launcher, loopback rendezvous)"),
+    "plot": ("kubetrain.cli.plot", "plot loss, learning rate and throughput of a run directory"),
+    "prepare-data": ("kubetrain.cli.prepare_data", "turn text files into token shards (byte-level) for data.type tokens"),
+    "operator": ("kubetrain.cli.operator", "run the TrainingJob operator (kopf) in the foreground"),
+    "plan": ("kubetrain.cli.plan", "estimate parameters, per-GPU memory, FLOPs and step time; suggest what fits"),
+    "schedule": ("kubetrain.cli.schedule", "print the learning rate of every step as the trainer will use it"),
+    "export": ("kubetrain.cli.export", "consolidate a checkpoint's weights into safetensors (fp32, bf16, int8)"),
 }
 
 

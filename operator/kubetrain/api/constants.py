@@ -1,0 +1,56 @@
+"""Facts shared by the operator, the CLI and the trainer: written once, imported everywhere.
+
+Exit codes of the trainer launcher and their reasons, the environment variables the operator and
+`kubetrain local` set for the launcher, ports and file names. The trainer reads these from here;
+the controller writes them from here; a test checks that nobody redefines them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the API group ---------------------------------------------------------------------------
+GROUP: Final = "kubetrain.dev"
+VERSION: Final = "v1alpha1"
+KIND: Final = "TrainingJob"
+PLURAL: Final = "trainingjobs"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# --- exit codes of the pod's process (DESIGN.md) ---------------------------------------------
+EXIT_OK: Final = 0
+EXIT_RETRYABLE: Final = 1  # any code not listed here is retryable too
+EXIT_INVALID_SPEC: Final = 64
+EXIT_MODEL_OR_DATA: Final = 65
+EXIT_PREEMPTED: Final = 75
+EXIT_INTERRUPTED: Final = 130  # Ctrl-C of `kubetrain local` outside the launcher
+PERMANENT_EXIT_CODES: Final = frozenset({EXIT_INVALID_SPEC, EXIT_MODEL_OR_DATA})
+
+# Condition reason the operator records for a permanent exit when the trainer wrote none.
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_MODEL_OR_DATA: Final = "ModelOrDataError"
+PERMANENT_REASON_BY_CODE: Final = {EXIT_INVALID_SPEC: REASON_INVALID_SPEC, EXIT_MODEL_OR_DATA: REASON_MODEL_OR_DATA}
+
+# --- ports -----------------------------------------------------------------------------------
+METRICS_PORT: Final = 9090  # the container port named "metrics": /metrics and /progress
+METRICS_PORT_NAME: Final = "metrics"
+
+# --- environment variables the launcher and the workers read ---------------------------------
+ENV_SPEC_FILE: Final = "KUBETRAIN_SPEC_FILE"
+ENV_SPEC: Final = "KUBETRAIN_SPEC"
+ENV_RUN_DIR: Final = "KUBETRAIN_RUN_DIR"
+ENV_CHECKPOINT_DIR: Final = "KUBETRAIN_CHECKPOINT_DIR"
+ENV_LAUNCH_DIR: Final = "KUBETRAIN_LAUNCH_DIR"
+ENV_TERMINATION_LOG: Final = "KUBETRAIN_TERMINATION_LOG"
+ENV_METRICS_PORT: Final = "KUBETRAIN_METRICS_PORT"
+ENV_METRICS_HOST: Final = "KUBETRAIN_METRICS_HOST"
+ENV_JOB_NAME: Final = "KUBETRAIN_JOB_NAME"
+ENV_WORKER_INDEX: Final = "KUBETRAIN_WORKER_INDEX"
+ENV_RESTART_GENERATION: Final = "KUBETRAIN_RESTART_GENERATION"
+ENV_POD_NAME: Final = "KUBETRAIN_POD_NAME"
+ENV_NAMESPACE: Final = "KUBETRAIN_NAMESPACE"
+ENV_DEVICE: Final = "KUBETRAIN_DEVICE"
+ENV_COMPILE_BACKEND: Final = "KUBETRAIN_COMPILE_BACKEND"
+ENV_TRAINER_IMAGE: Final = "KUBETRAIN_TRAINER_IMAGE"
+
+# --- files -----------------------------------------------------------------------------------
+TERMINATION_LOG: Final = "/dev/termination-log"
