@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from . import BatchPlan, Corpus
+from .batches import BatchPlan, Corpus
 
 Batch = list[tuple[torch.Tensor, torch.Tensor]]
 
