@@ -52,7 +52,8 @@ def rendered() -> list[dict[str, Any]]:
 def test_helm_template_renders_everything(rendered: list[dict[str, Any]]) -> None:
     kinds = sorted(d["kind"] for d in rendered)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+         "PodDisruptionBudget"]
     )
     role = next(d for d in rendered if d["kind"] == "ClusterRole")
     assert role["rules"] == _manifest("ClusterRole")["rules"]
@@ -63,8 +64,13 @@ def test_helm_template_renders_everything(rendered: list[dict[str, Any]]) -> Non
 def test_helm_deployment_matches_manifest(rendered: list[dict[str, Any]]) -> None:
     chart = next(d for d in rendered if d["kind"] == "Deployment")["spec"]
     plain = _manifest("Deployment")["spec"]
-    assert chart["replicas"] == plain["replicas"] == 1
-    assert chart["strategy"] == plain["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leader (a Lease), rolled one at a time; a PDB keeps one through drains.
+    assert chart["replicas"] == plain["replicas"] == 2
+    assert chart["strategy"] == plain["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pdb = next(d for d in rendered if d["kind"] == "PodDisruptionBudget")["spec"]
+    assert pdb == {**_manifest("PodDisruptionBudget")["spec"], "selector": pdb["selector"]}
+    assert pdb["selector"]["matchLabels"].items() <= chart["template"]["metadata"]["labels"].items()
     pod, plain_pod = chart["template"]["spec"], plain["template"]["spec"]
     assert pod["securityContext"] == plain_pod["securityContext"]
     c, pc = pod["containers"][0], plain_pod["containers"][0]

@@ -357,7 +357,7 @@ def _check(case: Case, d: Decision) -> None:
     if case.delete is not None:
         assert sorted(d.pods_to_delete) == sorted(case.delete)
     events = [e.reason for e in d.events] + [a.event.reason for a in d.actions
-                                              if isinstance(a, DeletePod) and a.event is not None]
+                                              if isinstance(a, (DeletePod, Create)) and a.event is not None]
     if case.events is not None:
         assert events == case.events
     conds = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"] or []}
@@ -393,6 +393,84 @@ def test_reconcile_table(case: Case) -> None:
     # Pure: the same input decides the same again.
     again = reconcile(job, observed, now, SETTINGS)
     assert again.status == d.status and again.actions == d.actions and again.events == d.events
+
+
+# ------------------------------------------------------------------ every loss named
+# One row per row of docs/operator.md's "a worker is lost" table: how the pod went, what the
+# pass sees of it, and the cause the WorkerLost Event and the Running condition must name.
+
+def _disrupted(index: int, reason: str, **kw: Any) -> PodView:
+    return pod(index, deleting=True, disrupted=True, disruption=reason, **kw)
+
+
+LOSSES = [
+    ("deleted (still Terminating)", [pod(0), pod(1, deleting=True)], [], "deleted"),
+    ("deleted (already gone when the pass ran)", [pod(0)], [pod(1, deleting=True)], "deleted"),
+    ("evicted through the Eviction API (drain)", [pod(0), _disrupted(1, "EvictionByEvictionAPI")], [], "evicted"),
+    ("evicted by the kubelet (node pressure)",
+     [pod(0), pod(1, phase="Failed", reason="Evicted", disrupted=True, disruption="Evicted", ready=False)], [],
+     "evicted by the kubelet"),
+    ("node lost (NoExecute taint)", [pod(0), _disrupted(1, "DeletionByTaintManager")], [], "node lost"),
+    ("node deleted (pod garbage-collected)", [pod(0)], [_disrupted(1, "DeletionByPodGC")],
+     "node lost (pod garbage-collected)"),
+    ("preempted by the scheduler", [pod(0), _disrupted(1, "PreemptionByScheduler")], [],
+     "preempted by the scheduler"),
+]
+
+
+@pytest.mark.parametrize(("pods", "gone", "cause"), [row[1:] for row in LOSSES], ids=[row[0] for row in LOSSES])
+@pytest.mark.parametrize("spec", [TWO, ELASTIC], ids=["fixed", "elastic"])
+def test_every_loss_is_named(spec: dict[str, Any], pods: list[PodView], gone: list[PodView], cause: str) -> None:
+    if spec is ELASTIC:
+        pods = [replace(p, nnodes="1:4") for p in pods]
+        gone = [replace(p, nnodes="1:4") for p in gone]
+    job = make_job(spec, running_status())
+    observed = Observed(pods=tuple(pods), gone=tuple(gone), service=True, config_map_hash=cm_hash(spec))
+    d = reconcile(job, observed, T0, SETTINGS)
+    lost = name(1)
+    events = [e for e in d.events] + [a.event for a in d.actions
+                                      if isinstance(a, (DeletePod, Create)) and a.event is not None]
+    named = [e for e in events if e.reason == "WorkerLost"]
+    assert len(named) == 1, events
+    assert named[0].type == "Warning" and f"pod {lost} was lost: {cause}" in named[0].message
+    # Replaced under a new name, not counted as a restart.
+    assert [a.name for a in d.pods_to_create] == [name(1, inc=1)]
+    assert d.status.restarts is not None and d.status.restarts.total == 0
+    running = next(c for c in d.status.conditions or [] if c.type == "Running")
+    assert running.reason == "WorkerLost" and f"pod {lost} was lost: {cause}" in running.message
+    # Elastic (min 1): still Running at world size 1; fixed (min 2): below min, Restarting.
+    assert (d.status.phase, running.status) == (("Running", "True") if spec is ELASTIC else ("Restarting", "False"))
+    # The next pass, with the replacement created and still starting, names nobody again and
+    # keeps the reason; once it runs, the reason is Running again.
+    replacement = pod(1, inc=1, phase="Pending", nnodes=pods[0].nnodes)
+    after = make_job(spec, d.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    still = [p for p in pods if p.index == 0] + [replacement]
+    d2 = reconcile(after, Observed(pods=tuple(still), service=True, config_map_hash=cm_hash(spec)), T0, SETTINGS)
+    assert not [e for e in d2.events if e.reason == "WorkerLost"] and not d2.pods_to_create
+    assert next(c for c in d2.status.conditions or [] if c.type == "Running").reason == "WorkerLost"
+    healed = [p for p in pods if p.index == 0] + [replace(replacement, phase="Running", ready=True, node="n")]
+    again = make_job(spec, d2.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    d3 = reconcile(again, Observed(pods=tuple(healed), service=True, config_map_hash=cm_hash(spec)), T0, SETTINGS)
+    assert d3.status.phase == "Running"
+    assert next(c for c in d3.status.conditions or [] if c.type == "Running").reason == "Running"
+
+
+def test_pods_deleted_by_suspension_are_not_losses() -> None:
+    status = running_status(phase="Suspended", conditions=[
+        {"type": "Suspended", "status": "True", "reason": "Suspended", "message": "", "lastTransitionTime": ts(-5)}])
+    d = reconcile(make_job(TWO, status), Observed(pods=(pod(0, deleting=True), pod(1, deleting=True)),
+                                                  service=True, config_map_hash=cm_hash(TWO)), T0, SETTINGS)
+    assert len(d.pods_to_create) == 2
+    assert not [a for a in d.pods_to_create if a.event is not None]
+
+
+def test_loss_cause_from_a_real_pod_object() -> None:
+    raw = {"metadata": {"name": "p", "deletionTimestamp": "2026-03-01T12:00:00Z"},
+           "status": {"phase": "Running", "conditions": [
+               {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}}
+    assert pod_view(raw).loss_cause == "evicted"
+    raw["status"]["conditions"] = []
+    assert pod_view(raw).loss_cause == "deleted"
 
 
 def test_table_is_large_enough() -> None:

@@ -1,17 +1,25 @@
 """`kubetrain operator`: run the TrainingJob operator (kopf) in the foreground.
 
-One active replica at a time (the Deployment uses strategy Recreate): kopf peering is not
-leader election. SIGTERM stops the watches, lets reconcile passes in flight finish and exits.
+One active replica at a time: with --leader-elect (the chart's default) every replica first
+takes a coordination.k8s.io Lease (controller/leader.py) and only the holder starts its
+watches; a standby answers /healthz while it waits. (kopf peering is not leader election.)
+SIGTERM stops the watches, lets reconcile passes in flight finish, releases the Lease, exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import logging
 import os
 import sys
+import threading
+from typing import TYPE_CHECKING
 
 from kubetrain.controller.builders import DEFAULT_TRAINER_IMAGE
+
+if TYPE_CHECKING:
+    from kubetrain.controller.leader import LeaderElector
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
                         help="json: one structured object per line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument("--kube-api-qps", type=float, default=200.0,
+                        help="client-side rate limit of API calls per second (token bucket); 0: none")
+    parser.add_argument("--kube-api-burst", type=int, default=400, help="token bucket size (calls at once)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="run only while holding a coordination.k8s.io Lease (for more than one replica)")
+    parser.add_argument("--leader-election-namespace",
+                        default=os.environ.get("POD_NAMESPACE") or "kubetrain-system",
+                        help="namespace of the Lease (default: $POD_NAMESPACE or %(default)s)")
+    parser.add_argument("--leader-election-id", default="kubetrain-operator", help="name of the Lease")
+    parser.add_argument("--lease-duration-seconds", type=float, default=8.0,
+                        help="a standby takes over after the leader has not renewed for this long")
+    parser.add_argument("--renew-deadline-seconds", type=float, default=6.0,
+                        help="a leader that cannot renew for this long stops (< lease duration)")
+    parser.add_argument("--retry-period-seconds", type=float, default=2.0, help="renew / retry interval")
     # Fault injection for the cluster tests (a pause before each API action): not for production.
     parser.add_argument("--test-action-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -68,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     rt.kubeconfig = args.kubeconfig
     rt.action_delay = args.test_action_delay
     rt.progress_seconds = min(15.0, max(0.2, args.progress_seconds))
+    rt.qps, rt.burst = args.kube_api_qps, max(1, args.kube_api_burst)
     if args.metrics_port:
         try:
             rt.metrics.serve(args.metrics_port, args.bind_address)
@@ -76,10 +99,55 @@ def run(args: argparse.Namespace) -> int:
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
-    kopf.run(
-        standalone=True,  # no peering objects: one replica by the Deployment's Recreate strategy
-        clusterwide=bool(args.all_namespaces),
-        namespaces=args.namespace or (),
-        liveness_endpoint=liveness,
-    )
+    elector = _lead(args) if args.leader_elect else None
+    try:
+        kopf.run(
+            standalone=True,  # no peering objects: one active replica, by leader election
+            clusterwide=bool(args.all_namespaces),
+            namespaces=args.namespace or (),
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return 0
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # http.server calls it by this name
+        body = b'{"standby": true}'
+        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def _lead(args: argparse.Namespace) -> LeaderElector:
+    """Block until this replica holds the Lease (answering /healthz meanwhile); the returned
+    elector renews it in the background and exits the process if it is ever lost."""
+    from kubetrain.controller import handlers
+    from kubetrain.controller.kubeio import Kube, load_client
+    from kubetrain.controller.leader import LeaderElector
+    from kubetrain.controller.ratelimit import TokenBucket
+
+    server = None
+    if args.health_port:
+        server = http.server.ThreadingHTTPServer((args.bind_address, args.health_port), _Healthy)
+        threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
+    kube = Kube(load_client(args.kubeconfig, pool=2), TokenBucket(args.kube_api_qps, args.kube_api_burst))
+    elector = LeaderElector(
+        kube, args.leader_election_namespace, args.leader_election_id,
+        lease_seconds=args.lease_duration_seconds, renew_deadline_seconds=args.renew_deadline_seconds,
+        retry_seconds=args.retry_period_seconds,
+    )
+    # Warm what the first passes need while waiting, so that a takeover starts at once.
+    handlers.problems_of({"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "spec": {}})
+    elector.acquire()
+    if server is not None:
+        server.shutdown()
+        server.server_close()  # kopf's liveness endpoint takes the port
+    return elector

@@ -14,7 +14,9 @@ still pointed at annotations so nothing ever lands in the pruned `status.kopf`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import copy
 import datetime as dt
 import functools
 import json
@@ -31,10 +33,12 @@ from kubetrain.api.constants import GROUP, PLURAL, VERSION
 from kubetrain.controller import names as n
 from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.controller.conditions import rfc3339
+from kubetrain.controller.events import EventRecorder, Pending
 from kubetrain.controller.kubeio import ApiError, Kube, load_client, merge_patch
 from kubetrain.controller.metrics import OperatorMetrics
-from kubetrain.controller.observed import Observed, pod_view
+from kubetrain.controller.observed import Observed, PodView, pod_view
 from kubetrain.controller.progress import ProgressPoller, target_of
+from kubetrain.controller.ratelimit import TokenBucket
 from kubetrain.controller.reconcile import (
     Create,
     Decision,
@@ -80,6 +84,16 @@ class Runtime:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
     progress_seconds: float = 10.0
     poller: ProgressPoller[Key] | None = None
+    # Client-side rate limit of API calls (token bucket; qps <= 0: none).
+    qps: float = 200.0
+    burst: int = 400
+    recorder: EventRecorder | None = None
+    # The jobs as last seen (watch events and our own status writes): a pass reads its job
+    # here, not with a GET. Bounded by the live jobs (a DELETED event drops the entry).
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # Pods deleted by someone else, as last seen, until a pass has named them (WorkerLost).
+    gone: dict[Key, dict[str, PodView]] = field(default_factory=dict)
+    own_deletes: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
 
 
 RUNTIME = Runtime()
@@ -126,7 +140,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
 
     rt = RUNTIME
-    rt.kube = Kube(load_client(rt.kubeconfig, pool=API_THREADS))
+    rt.kube = Kube(load_client(rt.kubeconfig, pool=API_THREADS), TokenBucket(rt.qps, rt.burst))
+    rt.recorder = EventRecorder(functools.partial(_post_event, rt))
+    rt.recorder.start()
     # Warm the validator (imports, the DeepSpeed mapping) before the first job waits on it.
     await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "spec": {}})
     rt.queue = WorkQueue()
@@ -148,6 +164,8 @@ async def cleanup(**_: Any) -> None:
         _done, still = await asyncio.wait(rt.workers, timeout=20)
         for task in still:
             task.cancel()
+    if rt.recorder is not None:
+        await rt.recorder.stop()
     rt.executor.shutdown(wait=False, cancel_futures=True)
     log.info("reconcile workers stopped")
 
@@ -162,30 +180,59 @@ def probe(**_: Any) -> dict[str, Any]:
     return {"queued": len(rt.queue or ()), "secondsSinceLastPass": round(time.monotonic() - rt.last_pass, 1)}
 
 
+MAX_GONE = 256  # per job: a bound on remembered deleted pods, whatever happens
+MAX_OWN_DELETES = 8192
+
+
+def _rv(obj: dict[str, Any] | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def cache_job(rt: Runtime, key: Key, obj: dict[str, Any]) -> None:
+    """Keep the newest version of a job (a watch event may trail our own status write)."""
+    cached = rt.jobs.get(key)
+    if cached is None or _rv(obj) >= _rv(cached) or (cached.get("metadata") or {}).get("uid") != (
+            obj.get("metadata") or {}).get("uid"):
+        rt.jobs[key] = obj
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def job_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     rt = RUNTIME
     if rt.queue is None or namespace is None:
         return
     key = (namespace, name)
     if type == "DELETED":
+        rt.jobs.pop(key, None)
+        rt.gone.pop(key, None)
+        if rt.recorder is not None:
+            rt.recorder.forget(str(body.metadata.get("uid", "")))
         rt.queue.forget(key)
         rt.retries.reset(key)
         rt.metrics.job_phase(key, None)
         if rt.poller is not None:
             rt.poller.forget(key)
         return
+    cache_job(rt, key, copy.deepcopy(dict(body)))
     rt.queue.add(key)
 
 
 @kopf.on.event("", "v1", "pods", labels={n.LABEL_JOB: kopf.PRESENT})
-def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+def pod_event(type: str, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     rt = RUNTIME
     if rt.queue is None or namespace is None:
         return
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            rt.queue.add((namespace, ref["name"]))
+            key = (namespace, ref["name"])
+            if type == "DELETED" and f"{namespace}/{name}" not in rt.own_deletes:
+                gone = rt.gone.setdefault(key, {})
+                if len(gone) < MAX_GONE:
+                    gone[name] = pod_view(copy.deepcopy(dict(body)))
+            rt.queue.add(key)
 
 
 # ------------------------------------------------------------------------------------ passes
@@ -201,6 +248,8 @@ async def _worker(rt: Runtime) -> None:
         try:
             requeue = await reconcile_key(rt, key)
         except ApiError as e:
+            if e.status == 409:
+                rt.jobs.pop(key, None)  # our copy of the job is stale: read it afresh
             requeue = 0.0 if e.status == 409 else rt.retries.next(key)
             if e.status != 409:
                 rt.metrics.reconcile_errors.inc()
@@ -223,7 +272,11 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     assert rt.kube is not None
     kube, (namespace, name) = rt.kube, key
     started = time.perf_counter()
-    obj = await blocking(rt, kube.get_job, namespace, name)
+    obj = rt.jobs.get(key)
+    if obj is None:  # not seen yet (or stale after a conflict): read it
+        obj = await blocking(rt, kube.get_job, namespace, name)
+        if obj is not None:
+            cache_job(rt, key, obj)
     if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
         rt.metrics.job_phase(key, None)
         return None  # deletion: owner references take the children with it
@@ -240,8 +293,10 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         api_version = GANG_SCHEDULERS[gang_mode(job.spec)][0]
         group_hash = _hash_of(await blocking(rt, kube.get, "PodGroup", namespace, n.pod_group_name(name), api_version))
     reading = rt.poller.readings.get(key) if rt.poller is not None else None
+    gone = dict(rt.gone.get(key) or {})
     observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None,
-                        config_map_hash=cm_hash, pod_group_hash=group_hash, progress=reading)
+                        config_map_hash=cm_hash, pod_group_hash=group_hash, progress=reading,
+                        gone=tuple(gone.values()))
     decision = reconcile(job, observed, rt.clock(), rt.settings)
 
     # Record first, act second: a crash in between replays the same decision, never a different one.
@@ -249,12 +304,20 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     if new_status != old_status:
         patch = merge_patch(old_status, new_status)
-        await blocking(rt, kube.patch_job_status, namespace, name, obj["metadata"]["resourceVersion"], patch)
+        written = await blocking(rt, kube.patch_job_status, namespace, name, obj["metadata"]["resourceVersion"],
+                                 patch)
+        cache_job(rt, key, written)
         before = (old_status.get("restarts") or {})
         rt.metrics.count_restarts(before, new_status.get("restarts") or {})
 
     events = list(decision.events) + await _act(rt, job, decision)
-    await _tell(rt, obj, events)
+    _tell(rt, obj, events)
+    if gone:  # named by this pass (or never to be: the job moved on)
+        left = rt.gone.get(key) or {}
+        for pod_name in gone:
+            left.pop(pod_name, None)
+        if not left:
+            rt.gone.pop(key, None)
 
     rt.metrics.job_phase(key, decision.status.phase)
     if rt.poller is not None:
@@ -274,19 +337,27 @@ def _hash_of(child: dict[str, Any] | None) -> str | None:
     return str(((child.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_SPEC_HASH, ""))
 
 
-async def _tell(rt: Runtime, obj: dict[str, Any], events: list[Event]) -> None:
-    """Post the pass's Events (and log them). An Event that cannot be posted is logged, never
-    retried: the decision it reports is already in the status."""
-    assert rt.kube is not None
+def _tell(rt: Runtime, obj: dict[str, Any], events: list[Event]) -> None:
+    """Log the pass's Events and hand them to the recorder, which posts them off the critical
+    path (aggregated); an Event that cannot be posted is logged, never retried: the decision
+    it reports is already in the status."""
     meta = obj["metadata"]
     now = rfc3339(rt.clock())
+    involved = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": meta}
     for ev in events:
         log.info("%s/%s %s: %s", meta["namespace"], meta["name"], ev.reason, ev.message,
                  extra={"job": f"{meta['namespace']}/{meta['name']}", "reason": ev.reason, "type": ev.type})
-        try:
-            await blocking(rt, rt.kube.post_event, obj, ev.type, ev.reason, ev.message, now)
-        except ApiError as e:
-            log.warning("could not post Event %s for %s/%s: %s", ev.reason, meta["namespace"], meta["name"], e)
+        if rt.recorder is not None:
+            rt.recorder.record(involved, ev.type, ev.reason, ev.message, now)
+
+
+async def _post_event(rt: Runtime, item: Pending, again: tuple[str, str, int] | None) -> tuple[str, str]:
+    assert rt.kube is not None
+    if again is None:
+        return await blocking(rt, rt.kube.post_event, item.obj, item.type, item.reason, item.message, item.now)
+    namespace, name, count = again
+    await blocking(rt, rt.kube.count_event, namespace, name, count, item.now)
+    return namespace, name
 
 
 async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
@@ -305,29 +376,34 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
             return [await run(fn, *a) for a in args]
         return list(await asyncio.gather(*(run(fn, *a) for a in args)))
 
-    # Service and ConfigMap before pods: a pod must find its spec volume when it starts.
-    for child in decision.actions:
-        fn: Callable[[dict[str, Any]], Any]
-        if isinstance(child, Create) and child.kind != "Pod":
-            fn = kube.create
-        elif isinstance(child, Update):
-            fn = kube.patch
-        elif isinstance(child, DeleteChild):
-            fn = kube.delete
-        else:
-            continue
+    async def child(action: Create | Update | DeleteChild) -> None:
+        fn = kube.create if isinstance(action, Create) else kube.patch if isinstance(action, Update) else kube.delete
         try:
-            await run(fn, child.manifest)
+            await run(fn, action.manifest)
         except ApiError as e:
-            if e.status != 404 or child.manifest["kind"] != "PodGroup":
+            if e.status != 404 or action.manifest["kind"] != "PodGroup":
                 raise
             # The gang scheduler's API is not installed: say so; the pods wait for a scheduler
             # that never comes, and the scheduling timeout (if set) ends the attempt.
             events.append(Event("Warning", "PodGroupUnavailable",
-                                f"cannot create the PodGroup: {child.manifest['apiVersion']} is not served "
+                                f"cannot create the PodGroup: {action.manifest['apiVersion']} is not served "
                                 "(is the gang scheduler installed?)"))
 
+    # Service, ConfigMap and PodGroup (independent of each other, so concurrently) before
+    # pods: a pod must find its spec volume when it starts.
+    others = [a for a in decision.actions if isinstance(a, (Update, DeleteChild))
+              or (isinstance(a, Create) and a.kind != "Pod")]
+    if rt.action_delay:
+        for other in others:
+            await child(other)
+    else:
+        await asyncio.gather(*(child(other) for other in others))
+
     deletes = [a for a in decision.actions if isinstance(a, DeletePod)]
+    for a in deletes:  # before the call: its watch event may come before the answer
+        rt.own_deletes[f"{job.namespace}/{a.name}"] = None
+    while len(rt.own_deletes) > MAX_OWN_DELETES:
+        rt.own_deletes.popitem(last=False)
     gone = await each(kube.delete_pod, [(job.namespace, a.name) for a in deletes])
     for a, took in zip(deletes, gone, strict=True):
         if took:
@@ -338,6 +414,7 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
     pods = decision.pods_to_create
     made = await each(kube.create, [(a.manifest,) for a in pods])
     created = [a.name for a, ok in zip(pods, made, strict=True) if ok]
+    events.extend(a.event for a, ok in zip(pods, made, strict=True) if ok and a.event is not None)
     if created:
         rt.metrics.pods_created.inc(len(created))
         events.append(workers_created_event(created))

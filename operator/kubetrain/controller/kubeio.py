@@ -15,6 +15,7 @@ from urllib.parse import quote
 from kubetrain.api.constants import GROUP, PLURAL, VERSION
 from kubetrain.controller import names as n
 from kubetrain.controller.observed import owned_by
+from kubetrain.controller.ratelimit import TokenBucket
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"
@@ -58,13 +59,17 @@ def _q(part: str) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, limiter: TokenBucket | None = None) -> None:
         self.api = api_client
+        self.limiter = limiter or TokenBucket(0, 1)
+        self.calls = 0
 
     def call(
         self, method: str, path: str, body: Any = None, content_type: str = JSON,
         query: dict[str, str] | None = None,
     ) -> Any:
+        self.limiter.acquire()
+        self.calls += 1
         _, url, headers, data, _ = self.api.param_serialize(
             method, path, query_params=list((query or {}).items()) or None,
             header_params={"Content-Type": content_type, "Accept": JSON}, body=body,
@@ -92,10 +97,13 @@ class Kube:
                 return None
             raise
 
-    def patch_job_status(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource; 409 when the job changed since it was read."""
+    def patch_job_status(
+        self, namespace: str, name: str, resource_version: str, status: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource; 409 when the job changed since it was read.
+        Returns the job as written (the reconciler's cache takes it)."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        self.call("PATCH", self._job_path(namespace, name) + "/status", body, MERGE_PATCH)
+        return dict(self.call("PATCH", self._job_path(namespace, name) + "/status", body, MERGE_PATCH))
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the job (background: children go through owner references). The uid
@@ -104,8 +112,8 @@ class Kube:
                 "propagationPolicy": "Background"}
         return self._delete(self._job_path(namespace, name), body)
 
-    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
-        """A core/v1 Event about the job (what `kubectl describe tj` lists)."""
+    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str, now: str) -> tuple[str, str]:
+        """A core/v1 Event about the job (what `kubectl describe tj` lists); its (namespace, name)."""
         meta = job["metadata"]
         body = {
             "apiVersion": "v1",
@@ -125,7 +133,13 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.call("POST", f"/api/v1/namespaces/{_q(meta['namespace'])}/events", body)
+        made = self.call("POST", f"/api/v1/namespaces/{_q(meta['namespace'])}/events", body)
+        return str(meta["namespace"]), str(made["metadata"]["name"])
+
+    def count_event(self, namespace: str, name: str, count: int, now: str) -> None:
+        """The same Event again: bump its count and lastTimestamp (client-go's aggregation)."""
+        self.call("PATCH", f"/api/v1/namespaces/{_q(namespace)}/events/{_q(name)}",
+                  {"count": count, "lastTimestamp": now}, MERGE_PATCH)
 
     # ---------------------------------------------------------------- children
 

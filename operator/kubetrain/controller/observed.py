@@ -16,6 +16,19 @@ from kubetrain.controller import names as n
 
 Outcome = Literal["running", "succeeded", "permanent", "retryable", "preempted", "lost"]
 
+# Why a pod was taken away, by the reason of its DisruptionTarget condition (Kubernetes >= 1.26)
+# or of its status; a pod deleted with neither was deleted by a client (kubectl delete, ...).
+LOSS_CAUSES = {
+    "EvictionByEvictionAPI": "evicted",
+    "Evicted": "evicted by the kubelet",
+    "PreemptionByScheduler": "preempted by the scheduler",
+    "Preempting": "preempted by the scheduler",
+    "DeletionByTaintManager": "node lost",
+    "NodeLost": "node lost",
+    "DeletionByPodGC": "node lost (pod garbage-collected)",
+    "TerminationByKubelet": "terminated by the kubelet",
+}
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -32,6 +45,7 @@ class PodView:
     reason: str = ""  # termination reason (trainer's JSON, else the container's or the pod's)
     message: str = ""  # termination message
     disrupted: bool = False  # evicted, preempted by the scheduler, node lost (DisruptionTarget)
+    disruption: str = ""  # the DisruptionTarget condition's reason, else the pod status' reason
     nnodes: str = ""
     created: dt.datetime | None = None
     final_step: int | None = None  # from the launcher's termination record (a finished pod)
@@ -57,6 +71,14 @@ class PodView:
             return "permanent"
         return "retryable"
 
+    @property
+    def loss_cause(self) -> str:
+        """How the pod was taken away, in words, when it was (see LOSS_CAUSES)."""
+        cause = LOSS_CAUSES.get(self.disruption) or LOSS_CAUSES.get(self.reason)
+        if cause:
+            return cause
+        return "deleted" if self.deleting or not self.finished else "killed"
+
 
 @dataclass(frozen=True)
 class ProgressReading:
@@ -76,6 +98,10 @@ class Observed:
     config_map_hash: str | None = None  # None: no ConfigMap
     pod_group_hash: str | None = None  # None: no PodGroup (or the job wants none)
     progress: ProgressReading | None = None
+    # Pods that left the API since they were last seen, deleted by someone other than the
+    # operator (their last state, from the pod watch): so that a loss is named even when the
+    # pod was gone before a pass could list it.
+    gone: tuple[PodView, ...] = ()
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -135,6 +161,7 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         unschedulable = sched.get("message") or "unschedulable"
     disruption = conditions.get("DisruptionTarget") or {}
     disrupted = disruption.get("status") == "True" or status.get("reason") in {"Evicted", "Preempting", "NodeLost"}
+    cause = str(disruption.get("reason") or "") if disruption.get("status") == "True" else ""
 
     return PodView(
         name=meta.get("name", ""),
@@ -150,6 +177,7 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         reason=str(reason),
         message=str(message),
         disrupted=disrupted,
+        disruption=cause or str(status.get("reason") or ""),
         nnodes=(meta.get("annotations") or {}).get(n.ANNOTATION_NNODES, ""),
         created=_time(meta.get("creationTimestamp")),
         final_step=final_step,

@@ -21,6 +21,7 @@ from kubetrain.controller.reconcile.state import (
     R_RESUMED,
     R_RUNNING,
     R_SUSPENDED,
+    R_WORKER_LOST,
     TERMINAL,
     Decision,
     PassState,
@@ -114,8 +115,14 @@ def phase(s: PassState, spec: api.TrainingJobSpec, desired: int) -> Decision:
         s.st.phase = "Running"
         s.st.below_min_since = None
         s.st.world_size = min(len(running), w.max) * w.procs
-        s.cond(c.RUNNING, True, R_RUNNING,
-               f"{len(running)} of {desired} workers running, world size {s.st.world_size}")
+        counts = f"{len(running)} of {desired} workers running, world size {s.st.world_size}"
+        before = c.get(s.conds, c.RUNNING)
+        if s.lost:
+            s.cond(c.RUNNING, True, R_WORKER_LOST, f"{'; '.join(s.lost)}; {counts}")
+        elif before is not None and before.reason == R_WORKER_LOST and len(running) < desired:
+            s.cond(c.RUNNING, True, R_WORKER_LOST, before.message)  # until the replacement runs
+        else:
+            s.cond(c.RUNNING, True, R_RUNNING, counts)
         return watchdog(s, spec, desired) or s.decision()
 
     s.st.world_size = 0
@@ -153,6 +160,9 @@ def below_min(s: PassState, spec: api.TrainingJobSpec, running: int) -> Decision
     s.at(expiry)
     s.st.phase = "Restarting"
     before = c.get(s.conds, c.RUNNING)
-    if dropped or before is None or before.status == "True" or before.reason == R_BELOW_MIN:
+    if s.lost:  # the drop has a name: say which pod went, and how
+        s.cond(c.RUNNING, False, R_WORKER_LOST, f"{'; '.join(s.lost)}; only {running} of at least {w.min} "
+               "workers running")
+    elif dropped or before is None or before.status == "True" or before.reason == R_BELOW_MIN:
         s.cond(c.RUNNING, False, R_BELOW_MIN, f"only {running} of at least {w.min} workers running")
     return s.decision()

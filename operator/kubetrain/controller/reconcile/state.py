@@ -98,9 +98,11 @@ class Event:
 
 @dataclass(frozen=True)
 class Create:
-    """Create a child; AlreadyExists counts as done (the name is deterministic)."""
+    """Create a child; AlreadyExists counts as done (the name is deterministic). `event` is
+    posted only when the child was really created (a replacement names the pod it replaces)."""
 
     manifest: dict[str, Any]
+    event: Event | None = None
 
     @property
     def kind(self) -> str:
@@ -188,6 +190,7 @@ class PassState:
         self.events: list[Event] = []
         self.wake: list[dt.datetime] = []
         self.deleting: set[str] = set()
+        self.lost: list[str] = []  # this pass's losses, in words, for the Running condition
         # A pod of a generation newer than the status knows means the status was lost or
         # rolled back: the pods are the truth.
         self.gen = max([self.st.restart_generation or 0, *(p.generation for p in observed.pods)])

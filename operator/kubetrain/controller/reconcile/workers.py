@@ -15,6 +15,7 @@ from kubetrain.controller.builders import (
     gang_mode,
     nnodes,
 )
+from kubetrain.controller.observed import PodView
 from kubetrain.controller.reconcile.state import (
     R_SCALED,
     R_WORKER_LOST,
@@ -63,9 +64,25 @@ def replace_lost(s: PassState) -> None:
     under a new name: never blocked by the old pod stuck Terminating."""
     for p in s.current():
         if p.outcome == "lost":
-            why = p.reason or "killed"
-            detail = f": {p.message}" if p.message else ""
-            s.delete(p, Event("Warning", R_WORKER_LOST, f"pod {p.name} was lost ({why}{detail}); replacing it"))
+            detail = ", ".join(x for x in (p.reason, p.message) if x and x not in p.loss_cause)
+            what = f"pod {p.name} was lost: {p.loss_cause}" + (f" ({detail})" if detail else "")
+            s.lost.append(what)
+            s.delete(p, Event("Warning", R_WORKER_LOST, f"{what}; replacing it"))
+
+
+def _taken(s: PassState, index: int) -> PodView | None:
+    """The latest pod of `index` (current generation) that someone other than this operator
+    deleted: still Terminating, or already gone from the API. None when there is none, or when
+    the job was suspended (its workers were deleted on purpose)."""
+    if s.old.phase == "Suspended":
+        return None
+    listed = {p.name for p in s.observed.pods}
+    seen = [*s.observed.pods, *(p for p in s.observed.gone if p.name not in listed)]
+    mine = [p for p in seen if p.index == index and p.generation == s.gen]
+    latest = max(mine, key=lambda p: p.incarnation, default=None)
+    if latest is None or latest.name in s.deleting or latest.phase == "Succeeded":
+        return None
+    return latest if latest.deleting or latest.name not in listed else None
 
 
 def scale(s: PassState, desired: int) -> None:
@@ -97,6 +114,14 @@ def create_missing(s: PassState, spec: api.TrainingJobSpec, desired: int) -> Non
     for index in range(desired):
         if index in occupied:
             continue
-        previous = [p.incarnation for p in s.observed.pods if p.index == index and p.generation == s.gen]
+        previous = [p.incarnation for p in (*s.observed.pods, *s.observed.gone)
+                    if p.index == index and p.generation == s.gen]
         incarnation = max(previous) + 1 if previous else 0
-        s.actions.append(Create(build_pod(s.job.ref, spec, index, s.gen, incarnation, s.settings.trainer_image)))
+        pod = build_pod(s.job.ref, spec, index, s.gen, incarnation, s.settings.trainer_image)
+        event = None
+        taken = _taken(s, index)
+        if taken is not None:
+            what = f"pod {taken.name} was lost: {taken.loss_cause}"
+            s.lost.append(what)
+            event = Event("Warning", R_WORKER_LOST, f"{what}; replacing it with {pod['metadata']['name']}")
+        s.actions.append(Create(pod, event))

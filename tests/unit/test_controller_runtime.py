@@ -1,0 +1,88 @@
+"""The operator's runtime pieces that need no API server: the client-side token bucket and the
+Event recorder's aggregation. (Their use against a real API server, and leader election, are
+in tests/cluster/test_operator.py and tests/cluster/test_leader.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kubetrain.controller.events import EventRecorder, Pending
+from kubetrain.controller.kubeio import ApiError
+from kubetrain.controller.leader import LeaderElector
+from kubetrain.controller.ratelimit import TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(qps=10, burst=5, clock=clock, sleep=clock.sleep)
+    waits = [bucket.acquire() for _ in range(5)]
+    assert waits == [0.0] * 5  # the burst goes at once
+    assert bucket.acquire() == pytest.approx(0.1)  # then one token per 1/qps
+    assert bucket.acquire() == pytest.approx(0.1)
+    clock.t += 10  # idle: refills up to the burst, not beyond
+    assert [bucket.acquire() for _ in range(5)] == [0.0] * 5
+    assert bucket.acquire() > 0
+    assert bucket.waited == pytest.approx(0.3)
+
+
+def test_token_bucket_disabled() -> None:
+    bucket = TokenBucket(qps=0, burst=1)
+    assert all(bucket.acquire() == 0.0 for _ in range(1000))
+
+
+def test_recorder_aggregates_repeats_and_bounds_its_memory() -> None:
+    calls: list[tuple[str, int | None]] = []
+
+    async def post(item: Pending, again: tuple[str, str, int] | None) -> tuple[str, str]:
+        if again is None:
+            calls.append((item.reason, None))
+            return "ns", f"ev-{len(calls)}"
+        if again[1] == "ev-expired":
+            raise ApiError(404, '{"message": "not found"}')
+        calls.append((item.reason, again[2]))
+        return again[0], again[1]
+
+    async def main() -> EventRecorder:
+        rec = EventRecorder(post, window=600, max_keys=2)
+        rec.start()
+        job = {"metadata": {"uid": "u1", "name": "j", "namespace": "ns"}}
+        for _ in range(3):
+            rec.record(job, "Warning", "WorkerLost", "pod a was lost: deleted", "t")
+        rec.record(job, "Normal", "Running", "2 of 2", "t")
+        await rec.flush()
+        assert calls == [("WorkerLost", None), ("WorkerLost", 2), ("WorkerLost", 3), ("Running", None)]
+        # Bounded: a third distinct Event pushes the least recently used key out.
+        rec.record(job, "Normal", "Scaled", "up", "t")
+        await rec.flush()
+        assert len(rec._posted) == 2
+        # An Event that expired on the server is posted afresh.
+        key = next(iter(rec._posted))
+        rec._posted[key].name = "ev-expired"
+        rec.record(job, key[1], key[2], key[3], "t")
+        await rec.flush()
+        assert calls[-1] == (key[2], None)
+        rec.forget("u1")
+        assert not rec._posted
+        await rec.stop()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.aggregated == 2 and rec.dropped == 0
+
+
+def test_leader_election_timings_must_nest() -> None:
+    with pytest.raises(ValueError, match="retry < renew deadline < lease duration"):
+        LeaderElector(kube=None, namespace="ns", lease_seconds=5, renew_deadline_seconds=6)  # type: ignore[arg-type]
