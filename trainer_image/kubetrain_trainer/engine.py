@@ -123,12 +123,13 @@ class Trainer:
         torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
 
         self.loader = Loader(corpus, self.batch_plan, ctx.device)
-        n_devices = ctx.world_size if ctx.device.type == "cuda" else 0
+        n_devices = ctx.world_size  # peak_flops: None on CPU unless $KUBETRAIN_PEAK_FLOPS declares one
         self.throughput = Throughput(
             t.global_batch_size * built.seq_len, built.flops_per_token,
             peak_flops(ctx.device, cfg.precision.dtype), n_devices,
         )
-        self.progress = Progress(t.max_steps, ctx.world_size)
+        self.progress = Progress(t.max_steps, ctx.world_size, trainingjob=cfg.name,
+                                 checkpoint_interval=cfg.checkpoint.interval_steps, device=ctx.device.type)
         self.server: MetricsServer | None = None
         if metrics_port and ctx.is_local_main:
             try:
@@ -367,7 +368,7 @@ class Trainer:
         self.precision.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
 
-    def checkpoint_committed(self, step: int) -> None:
+    def checkpoint_committed(self, step: int, seconds: float | None = None) -> None:
         self.last_checkpoint_step = step
         self.progress.checkpoint_committed(step)
 

@@ -23,13 +23,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kubetrain.api import modelsize
+from kubetrain.api.constants import ENV_METRICS_HOST, ENV_METRICS_PORT, ENV_PEAK_FLOPS
+
+from .errors import SpecError
 
 DEFAULT_PORT = 9090
 
 def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """Peak FLOP/s of one device for a compute dtype (``kubetrain.api.modelsize``'s GPU table, the one
+    """Peak FLOP/s of one device for a compute dtype: ``$KUBETRAIN_PEAK_FLOPS`` when set (a device
+    missing from the table, or a CPU), else ``kubetrain.api.modelsize``'s GPU table (the one
     ``kubetrain plan`` uses); None on CPU or an unknown GPU.  fp32 counts TF32 tensor cores only
     when PyTorch is allowed to use them for matmuls."""
+    declared = os.environ.get(ENV_PEAK_FLOPS, "").strip()
+    if declared:
+        try:
+            value = float(declared)
+        except ValueError:
+            raise SpecError(f"{ENV_PEAK_FLOPS}={declared!r}: expected a number of FLOP/s per device, "
+                            "e.g. 989e12") from None
+        if value <= 0:
+            raise SpecError(f"{ENV_PEAK_FLOPS}={declared!r}: must be > 0 (unset it to disable MFU)")
+        return value
     if device.type != "cuda":
         return None
     return modelsize.peak_flops(
@@ -62,24 +76,53 @@ class JsonlLog:
         self._f.close()
 
 
-class Progress:
-    """Shared state behind /progress and the Prometheus gauges."""
+# The trainer's metrics: one registry per process, every series labelled ``trainingjob`` (the
+# TrainingJob's name; the scrape adds namespace/pod). docs/metrics.md lists them, a test checks it.
+JOB_LABEL = "trainingjob"
 
-    def __init__(self, max_steps: int, world_size: int) -> None:
+
+class Progress:
+    """Shared state behind /progress and the Prometheus metrics."""
+
+    def __init__(self, max_steps: int, world_size: int, *, trainingjob: str = "kubetrain",
+                 checkpoint_interval: int = 0, device: str = "cpu") -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.g_step = Gauge("kubetrain_step", "Last completed optimizer step", registry=r)
-        self.g_max = Gauge("kubetrain_max_steps", "Steps the job trains for", registry=r)
-        self.g_loss = Gauge("kubetrain_loss", "Training loss of the last step", registry=r)
-        self.g_lr = Gauge("kubetrain_learning_rate", "Learning rate of the last step", registry=r)
-        self.g_tps = Gauge("kubetrain_tokens_per_second", "Training throughput (global)", registry=r)
-        self.g_mfu = Gauge("kubetrain_mfu", "Model FLOPs utilisation (0-1)", registry=r)
-        self.g_gn = Gauge("kubetrain_grad_norm", "Global gradient norm before clipping", registry=r)
-        self.g_scale = Gauge("kubetrain_loss_scale", "fp16 loss scale", registry=r)
-        self.c_skipped = Counter("kubetrain_skipped_steps", "Optimizer steps skipped (overflow)", registry=r)
-        self.g_step_time = Gauge("kubetrain_step_time_seconds", "Wall time of the last step", registry=r)
-        self.g_world = Gauge("kubetrain_world_size", "Training processes", registry=r)
-        self.g_ckpt = Gauge("kubetrain_last_checkpoint_step", "Step of the last committed checkpoint", registry=r)
+        r, lbl = self.registry, (JOB_LABEL,)
+        job = {JOB_LABEL: trainingjob}
+        self.job = job
+        self.device = device
+
+        def gauge(name: str, doc: str) -> Any:
+            return Gauge(name, doc, lbl, registry=r).labels(**job)
+
+        self.g_step = gauge("kubetrain_trainer_step", "Last completed optimizer step")
+        self.g_max = gauge("kubetrain_trainer_max_steps", "Optimizer steps the job trains for")
+        self.g_loss = gauge("kubetrain_trainer_loss", "Training loss of the last step (global-batch mean)")
+        self.g_lr = gauge("kubetrain_trainer_learning_rate", "Learning rate of the last step")
+        self.g_tps = gauge("kubetrain_trainer_tokens_per_second", "Training throughput of the last step (all workers)")
+        # MFU and checkpoint duration have no value until known: their series appear when set.
+        self.f_mfu = Gauge("kubetrain_trainer_mfu_ratio",
+                           "Model FLOPs utilisation of the last step (0-1; needs the device's peak FLOP/s)",
+                           lbl, registry=r)
+        self.g_gn = gauge("kubetrain_trainer_grad_norm", "Global gradient norm of the last step, before clipping")
+        self.g_scale = gauge("kubetrain_trainer_loss_scale", "Loss scale of the last step (1 without fp16 scaling)")
+        self.c_skipped = Counter("kubetrain_trainer_skipped_steps",
+                                 "Optimizer steps skipped (non-finite gradients)", lbl, registry=r).labels(**job)
+        self.g_step_time = gauge("kubetrain_trainer_step_duration_seconds", "Wall time of the last step")
+        self.g_step_ts = gauge("kubetrain_trainer_last_step_timestamp_seconds",
+                               "Unix time of the last step report (process start before the first)")
+        self.g_world = gauge("kubetrain_trainer_world_size", "Training processes in the job")
+        self.g_mem = Gauge("kubetrain_trainer_device_memory_peak_bytes",
+                           "Peak memory of local rank 0: allocated CUDA memory (device=cuda) or RSS (device=cpu)",
+                           (*lbl, "device"), registry=r).labels(**job, device=device)
+        self.g_ckpt = gauge("kubetrain_trainer_checkpoint_last_step",
+                            "Step of the last committed (or restored) checkpoint; 0 before the first")
+        self.g_ckpt_ts = gauge("kubetrain_trainer_checkpoint_last_timestamp_seconds",
+                               "Unix time of the last committed checkpoint (process start before the first)")
+        self.f_ckpt_s = Gauge("kubetrain_trainer_checkpoint_duration_seconds",
+                              "Wall time of the last checkpoint save, start to commit", lbl, registry=r)
+        self.g_interval = gauge("kubetrain_trainer_checkpoint_interval_steps",
+                                "spec.checkpoint.intervalSteps (0: only at the end and on preemption)")
         self._lock = threading.Lock()
         self._skipped = 0
         self.state: dict[str, Any] = {
@@ -93,8 +136,13 @@ class Progress:
             "worldSize": world_size,
             "updatedAt": now_rfc3339(),
         }
+        started = time.time()
         self.g_max.set(max_steps)
         self.g_world.set(world_size)
+        self.g_step_ts.set(started)
+        self.g_ckpt.set(0)
+        self.g_ckpt_ts.set(started)
+        self.g_interval.set(checkpoint_interval)
 
     def update(self, rec: dict[str, Any]) -> None:
         with self._lock:
@@ -109,11 +157,12 @@ class Progress:
                 updatedAt=now_rfc3339(),
             )
             self.g_step.set(rec["step"])
+            self.g_step_ts.set(time.time())
             self.g_loss.set(rec["loss"])
             self.g_lr.set(rec["lr"])
             self.g_tps.set(rec.get("tokens_per_s") or 0.0)
             if rec.get("mfu") is not None:
-                self.g_mfu.set(rec["mfu"])
+                self.f_mfu.labels(**self.job).set(rec["mfu"])
             self.g_gn.set(rec.get("grad_norm") or 0.0)
             self.g_scale.set(rec.get("loss_scale") or 1.0)
             skipped = int(rec.get("skipped_steps") or 0)
@@ -121,12 +170,20 @@ class Progress:
                 self.c_skipped.inc(skipped - self._skipped)
                 self._skipped = skipped
             self.g_step_time.set(rec.get("step_time") or 0.0)
+            if rec.get("world_size"):
+                self.g_world.set(rec["world_size"])
+            if rec.get("peak_mem") is not None:
+                self.g_mem.set(rec["peak_mem"])
 
-    def checkpoint_committed(self, step: int) -> None:
+    def checkpoint_committed(self, step: int, seconds: float | None = None) -> None:
+        """A checkpoint of ``step`` is committed (``seconds``: its save time; None for a restore)."""
         with self._lock:
             self.state["lastCheckpointStep"] = step
             self.state["updatedAt"] = now_rfc3339()
             self.g_ckpt.set(step)
+            self.g_ckpt_ts.set(time.time())
+            if seconds is not None:
+                self.f_ckpt_s.labels(**self.job).set(seconds)
 
     def progress_json(self) -> bytes:
         with self._lock:
@@ -177,13 +234,13 @@ class MetricsServer:
 
 def metrics_port() -> int:
     """``$KUBETRAIN_METRICS_PORT`` (default 9090); 0 disables the server."""
-    return int(os.environ.get("KUBETRAIN_METRICS_PORT", str(DEFAULT_PORT)))
+    return int(os.environ.get(ENV_METRICS_PORT, str(DEFAULT_PORT)))
 
 
 def metrics_host() -> str:
     """``$KUBETRAIN_METRICS_HOST``: the address to serve on (default "": all interfaces). Set where
     pods share one network, as in the e2e tests, where every pod's IP is a loopback address."""
-    return os.environ.get("KUBETRAIN_METRICS_HOST", "")
+    return os.environ.get(ENV_METRICS_HOST, "")
 
 
 class Throughput:

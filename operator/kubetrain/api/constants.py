@@ -52,5 +52,6 @@ ENV_DEVICE: Final = "KUBETRAIN_DEVICE"
 ENV_COMPILE_BACKEND: Final = "KUBETRAIN_COMPILE_BACKEND"
 ENV_TRAINER_IMAGE: Final = "KUBETRAIN_TRAINER_IMAGE"
 
+ENV_PEAK_FLOPS: Final = "KUBETRAIN_PEAK_FLOPS"  # peak FLOP/s per device, for MFU where the table has none
 # --- files -----------------------------------------------------------------------------------
 TERMINATION_LOG: Final = "/dev/termination-log"

@@ -319,7 +319,7 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         if not left:
             rt.gone.pop(key, None)
 
-    rt.metrics.job_phase(key, decision.status.phase)
+    rt.metrics.job_status(key, decision.status)
     if rt.poller is not None:
         training = decision.status.phase in ("Running", "Restarting")
         gen = decision.status.restart_generation or 0

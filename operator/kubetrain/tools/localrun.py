@@ -24,6 +24,7 @@ from typing import IO, Any
 from kubetrain.api import TrainingJob
 from kubetrain.api.constants import (
     ENV_CHECKPOINT_DIR,
+    ENV_METRICS_HOST,
     ENV_METRICS_PORT,
     ENV_RUN_DIR,
     ENV_SPEC_FILE,
@@ -48,8 +49,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int) -> dict[str, str]:
-    """The same variables the operator sets in a worker pod, pointed at loopback."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while picking, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int, metrics_port: int = 0) -> dict[str, str]:
+    """The same variables the operator sets in a worker pod, pointed at loopback (``metrics_port``:
+    where this worker serves /metrics and /progress on 127.0.0.1; 0: not at all)."""
     name = str(job.metadata.get("name") or "job")
     env = dict(os.environ)
     env.update({
@@ -65,11 +76,23 @@ def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int) ->
         ENV_SPEC_FILE: str(opts.spec_path.resolve()),
         ENV_RUN_DIR: str(opts.run_dir.resolve()),
         ENV_CHECKPOINT_DIR: str((opts.run_dir / "checkpoints").resolve()),
-        ENV_METRICS_PORT: "0",
+        ENV_METRICS_PORT: str(metrics_port),
+        ENV_METRICS_HOST: "127.0.0.1",
         ENV_TERMINATION_LOG: str((opts.run_dir / "logs" / f"termination-{index}.json").resolve()),
         "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+TARGETS_FILE = "prometheus-targets.json"
+
+
+def build_scrape_targets(job: TrainingJob, ports: list[int]) -> list[dict[str, Any]]:
+    """Prometheus file_sd targets of a local run's workers: one group per worker, labelled like a
+    pod scrape (namespace; the trainer labels its series with trainingjob itself)."""
+    namespace = str(job.metadata.get("namespace") or "default")
+    return [{"targets": [f"127.0.0.1:{p}"], "labels": {"namespace": namespace, "pod": f"local-worker-{i}"}}
+            for i, p in enumerate(ports)]
 
 
 # -------------------------------------------------------------------------------- progress
@@ -224,11 +247,16 @@ class LocalRun:
         logs = self.opts.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
+        metrics_ports = free_ports(self.opts.workers)
+        # Where a Prometheus finds the workers (file_sd_configs; docs/observability.md).
+        targets = self.opts.run_dir / TARGETS_FILE
+        targets.with_suffix(".tmp").write_text(json.dumps(build_scrape_targets(self.job, metrics_ports), indent=1))
+        targets.with_suffix(".tmp").replace(targets)
         for i in range(self.opts.workers):
             log_file = (logs / f"worker-{i}.log").open("ab")
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "kubetrain_trainer.launch"],
-                env=launcher_env(self.job, self.opts, i, port),
+                env=launcher_env(self.job, self.opts, i, port, metrics_ports[i]),
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us only; we decide what the workers get
             ))
