@@ -199,3 +199,47 @@ def test_bad_config_names_the_key(kwargs: dict[str, Any], key: str) -> None:
     assert info.value.key == key
     assert key in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ------------------------------------------------------------------ against DeepSpeed 0.19.8
+
+# A recorded overflow pattern: bursts, isolated overflows, clean stretches longer than the window.
+PATTERN = "..x.xx....x.....xxx......x.x.x.........xxxx.." + "." * 9 + "xxxxxxxxxxxx" + "...."
+FP16_BLOCKS = [
+    {"initial_scale_power": 6, "loss_scale_window": 4, "hysteresis": 2, "min_loss_scale": 1},
+    {"initial_scale_power": 5, "loss_scale_window": 3, "hysteresis": 1, "min_loss_scale": 2},
+    {"initial_scale_power": 8, "loss_scale_window": 5, "hysteresis": 3, "consecutive_hysteresis": True,
+     "min_loss_scale": 1},
+    {"initial_scale_power": 4, "loss_scale_window": 2, "hysteresis": 2, "min_loss_scale": 1},
+]
+
+
+def _ours(fp16: dict[str, Any], overflows: str, stage: int) -> list[Any]:
+    s = LossScaler.from_config(**fp16, zero_stage=stage)
+    out: list[Any] = []
+    for c in overflows:
+        try:
+            s.update(c == "x")
+        except LossScaleAtMinimumError:
+            out.append("raise")
+            break
+        out.append(s.scale)
+    return out
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("fp16", FP16_BLOCKS, ids=lambda b: json.dumps(b, sort_keys=True))
+def test_scale_sequence_equals_deepspeeds(fp16: dict[str, Any], stage: int) -> None:
+    from tests.unit import deepspeed_ref
+
+    theirs = deepspeed_ref.scale_sequence(fp16, PATTERN, stage=stage)
+    assert _ours(fp16, PATTERN, stage) == theirs
+
+
+def test_stage0_and_zero_rules_differ_on_the_pattern() -> None:
+    """The two rules are not the same rule under another name: hysteresis and the minimum differ."""
+    fp16 = FP16_BLOCKS[0]
+    assert _ours(fp16, PATTERN, 0) != _ours(fp16, PATTERN, 1)
+    stage0 = _ours(fp16, PATTERN, 0)
+    assert "raise" not in stage0 and min(stage0) == 1.0  # floored at min_loss_scale, never raises
+    assert _ours(fp16, PATTERN, 1)[-1] == "raise"  # ZeRO: overflow at the minimum stops the run

@@ -19,9 +19,12 @@ scaler its ZeRO optimizers use, checked against DeepSpeed 0.19.5+):
   only then. So the first growth comes on the (window + 1)-th clean step
   after the start or an overflow, later ones every `window` clean steps.
 
-Note: DeepSpeed's non-ZeRO fp16 optimizers (FP16_Optimizer and the unfused
-one) implement their own update that ignores hysteresis and never raises at
-the minimum; Kubetrain follows the ZeRO scaler for every strategy.
+ZeRO stage 0 (`zero_rules=False`, strategy ddp) follows DeepSpeed's stage-0
+fp16 optimizers instead (FP16_Optimizer and FP16_UnfusedOptimizer
+`_update_scale`): every overflow halves the scale, floored at
+min_loss_scale, with no hysteresis and no error at the minimum (a run stuck
+there is stopped by precision.maxConsecutiveNonFinite); growth follows the
+same window rule.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class LossScaler:
         consecutive_hysteresis: bool = False,
         min_scale: float = 1.0,
         raise_at_min_scale: bool = True,
+        zero_rules: bool = True,
     ) -> None:
         self.scale = float(scale)
         self.dynamic = dynamic
@@ -81,6 +85,7 @@ class LossScaler:
         self.consecutive_hysteresis = consecutive_hysteresis
         self.min_scale = float(min_scale)
         self.raise_at_min_scale = raise_at_min_scale
+        self.zero_rules = zero_rules  # False: DeepSpeed's stage-0 rule (no hysteresis, no raise)
         self.cur_hysteresis = hysteresis
         self.cur_iter = 0
         self.last_overflow_iter = -1
@@ -97,8 +102,10 @@ class LossScaler:
         min_loss_scale: float = 1,
         *,
         raise_at_min_scale: bool = True,
+        zero_stage: int = 1,
     ) -> LossScaler:
-        """From DeepSpeed's `fp16` block; dynamic when loss_scale == 0 (DeepSpeed's defaults)."""
+        """From DeepSpeed's `fp16` block; dynamic when loss_scale == 0 (DeepSpeed's defaults).
+        `zero_stage` 0 picks DeepSpeed's stage-0 update rule, 1-3 its ZeRO one."""
         loss_scale = _check_number("loss_scale", loss_scale)
         if loss_scale < 0:
             raise LossScaleConfigError(
@@ -135,7 +142,8 @@ class LossScaler:
             hysteresis=hyst,
             consecutive_hysteresis=consecutive_hysteresis,
             min_scale=min_scale,
-            raise_at_min_scale=raise_at_min_scale,
+            raise_at_min_scale=raise_at_min_scale and zero_stage > 0,
+            zero_rules=zero_stage > 0,
         )
 
     def update(self, overflow: bool) -> bool:
@@ -148,6 +156,10 @@ class LossScaler:
         return overflow
 
     def _update_dynamic(self, overflow: bool) -> None:
+        if overflow and not self.zero_rules:
+            self.scale = max(self.scale / SCALE_FACTOR, self.min_scale)
+            self.last_overflow_iter = self.cur_iter
+            return
         if overflow:
             if self.hysteresis == 1 or self.cur_hysteresis == 1:
                 if self.scale == self.min_scale and self.raise_at_min_scale:
@@ -199,5 +211,5 @@ class LossScaler:
         self.cur_hysteresis = min(int(state["cur_hysteresis"]), self.hysteresis)
 
     def __repr__(self) -> str:
-        kind = "dynamic" if self.dynamic else "static"
+        kind = ("dynamic" if self.zero_rules else "dynamic stage-0") if self.dynamic else "static"
         return f"LossScaler({kind}, scale={self.scale:g}, cur_hysteresis={self.cur_hysteresis}, iter={self.cur_iter})"

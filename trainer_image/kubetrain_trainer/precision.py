@@ -49,7 +49,8 @@ class UnitScaler:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
-def make_scaler(cfg: PrecisionConfig) -> Scaler:
+def make_scaler(cfg: PrecisionConfig, strategy: str = "zero1") -> Scaler:
+    """Strategy ddp (ZeRO stage 0) gets DeepSpeed's stage-0 loss-scale rule, the others its ZeRO one."""
     if cfg.dtype != "fp16":
         return UnitScaler()
     try:
@@ -60,6 +61,7 @@ def make_scaler(cfg: PrecisionConfig) -> Scaler:
             hysteresis=cfg.hysteresis,
             consecutive_hysteresis=cfg.consecutive_hysteresis,
             min_loss_scale=cfg.min_loss_scale,
+            zero_stage=0 if strategy == "ddp" else 1,
         )
     except LossScaleConfigError as e:
         raise SpecError(f"spec.precision: {e.message}") from None
@@ -93,6 +95,6 @@ def make_plan(cfg: PrecisionConfig, strategy: str, device: torch.device) -> Prec
         dtype=cfg.dtype,
         compute_dtype=_DTYPES.get(cfg.dtype),
         use_fsdp_policy=strategy in ("zero2", "zero3"),
-        scaler=make_scaler(cfg),
+        scaler=make_scaler(cfg, strategy),
         device_type=device.type,
     )
