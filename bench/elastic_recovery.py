@@ -1,4 +1,4 @@
-"""Elastic recovery: a worker is lost -> training resumed at the new world size (DESIGN.md: < 60 s).
+"""Elastic recovery: a worker is lost -> training resumed at the new world size (DESIGN.md: <= 15 s).
 
     python bench/elastic_recovery.py           # 2 kills (B rejoins in between)
     python bench/elastic_recovery.py --quick   # 1 kill
@@ -13,8 +13,11 @@ agent saw the failure, when the new rendezvous completed, when the worker restor
 
 Baseline, same run: a cold start of one launcher (PET_NNODES=1) on the same run directory until
 its first step: process start, rendezvous of one node, model build and checkpoint restore — what
-any resume costs.  The difference is what losing a peer adds (detection + the elastic rendezvous,
-whose last-call wait torch sets to 30 s by default).  Not a test.
+any resume costs.  The difference is what losing a peer adds (detection + the elastic rendezvous).
+The rendezvous settings are api.constants.RENDEZVOUS_CONF (what pods and `kubetrain local` get);
+`--rdzv-conf keep_alive_interval=5,last_call_timeout=30,close_timeout=30` measures torch's
+defaults for comparison.  Also counted: the survivor's worker-group restarts when B joins again
+(a normal scale-up: one restart admits the new node; more would be extra).  Not a test.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ BREAKDOWN = [
 ]
 
 
+# The survivor's agent restarting its workers (to admit a new node, or after a failure).
+RESTART = re.compile(r"will restart worker group|Worker group FAILED")
+
+
 class Launchers:
     def __init__(self, base: Path, model: str, rdzv_conf: str = "") -> None:
         self.rdzv_conf = rdzv_conf
@@ -169,10 +176,13 @@ class Launchers:
 
 def kill_round(ls: Launchers, i: int) -> dict[str, Any]:
     run = ls.run_dir
+    t_join = time.time()
     if "B" not in ls.procs or ls.procs["B"].poll() is not None:
         ls.start("B", 1, "1:2")
     n0 = len(records(run))
     wait("steps at world size 2", lambda: sum(r["world_size"] == 2 for r in records(run)[n0:]) >= 3, 300, ls.alive())
+    joined = log_events(ls.logs["A"], t_join)
+    restarts = sum(1 for _, msg in joined if RESTART.search(msg)) if i > 1 else None
     at2 = max(r["step"] for r in records(run) if r["world_size"] == 2)
     wait("a checkpoint at world size 2", lambda: latest_step(run) > at2, 300, ls.alive())
     n_before = len(records(run))
@@ -198,7 +208,9 @@ def kill_round(ls: Launchers, i: int) -> dict[str, Any]:
         print(f"    +{t - t_kill:6.1f}s  {label} ({t - prev:.1f}s)", flush=True)
         prev = t
     print(f"    +{took:6.1f}s  first step at world size 1 logged ({t_back - prev:.1f}s)", flush=True)
-    return {"seconds": took, "marks": {k: v - t_kill for k, v in marks.items()}}
+    if restarts is not None:
+        print(f"    B joined again before this kill: A restarted its worker group {restarts} time(s)", flush=True)
+    return {"seconds": took, "marks": {k: v - t_kill for k, v in marks.items()}, "join_restarts": restarts}
 
 
 def cold_start(ls: Launchers) -> float:
@@ -249,7 +261,12 @@ def main() -> None:
 
             shutil.rmtree(base, ignore_errors=True)
     took = statistics.median(r["seconds"] for r in results)
-    rows = [Row(f"worker lost -> step at world 1 (median of {len(results)})", took, cold, "< 60 s", took < 60, " s")]
+    rows = [Row(f"worker lost -> step at world 1 (median of {len(results)})", took, cold, "<= 15 s", took <= 15,
+                " s")]
+    joins = [r["join_restarts"] for r in results if r["join_restarts"] is not None]
+    if joins:
+        rows.append(Row("scale-up (B joins again): survivor's worker-group restarts", max(joins), None, "<= 1",
+                        max(joins) <= 1, ""))
     labels = [label for label, _ in BREAKDOWN]
     for label in labels:
         vals = [r["marks"][label] for r in results if label in r["marks"]]

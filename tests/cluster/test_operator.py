@@ -212,6 +212,12 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [e["reason"] for e in sorted(items["items"], key=lambda e: e.get("lastTimestamp") or "")]
 
 
+def event_messages(cluster: Cluster, namespace: str, name: str, reason: str) -> list[str]:
+    items = cluster.kubectl_json("get", "events", "-n", namespace,
+                                 "--field-selector", f"involvedObject.name={name},involvedObject.kind=TrainingJob")
+    return [e["message"] for e in items["items"] if e["reason"] == reason]
+
+
 def condition(s: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in s.get("conditions") or [] if c["type"] == type_), {})
 
@@ -404,6 +410,9 @@ def test_lost_worker_0_is_replaced_without_waiting_and_the_rendezvous_name_moves
         env = {e["name"]: e.get("value") for e in new["spec"]["containers"][0]["env"]}
         assert env["PET_RDZV_ENDPOINT"] == "lost-worker-0.lost:29400"
         assert status(cluster, namespace, "lost")["restarts"]["total"] == 0
+        wait_for(lambda: any(f"pod {victim['metadata']['name']} was lost: deleted" in m
+                             for m in event_messages(cluster, namespace, "lost", "WorkerLost")), 10,
+                 "the WorkerLost Event naming worker 0")
 
         # DNS: the headless Service publishes only Ready, not deleting pods, so the Terminating
         # worker 0 drops out of `lost-worker-0.lost` and its replacement takes the name. (The
@@ -413,6 +422,40 @@ def test_lost_worker_0_is_replaced_without_waiting_and_the_rendezvous_name_moves
         assert svc["clusterIP"] == "None" and svc.get("publishNotReadyAddresses") is not True
     finally:
         cluster.kubectl("uncordon", node, check=False)
+
+
+@pytest.mark.parametrize("how", ["deleted", "evicted"])
+def test_every_loss_is_named(cluster: Cluster, namespace: str, operator: Operator, how: str) -> None:
+    """docs/operator.md's loss table, for real: a worker deleted (kubectl delete) or evicted
+    (the Eviction API, as a drain does) gets a WorkerLost Event and Running condition reason
+    naming the pod and the cause; only that worker is replaced, nothing is counted."""
+    name = f"loss-{how}"
+    apply(cluster, namespace, tj(name, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 2}))
+    victim = names(wait_running(cluster, namespace, name, 2))[1]
+    nodes = [n["metadata"]["name"] for n in cluster.kubectl_json("get", "nodes")["items"]]
+    for node in nodes:  # the replacement stays Pending, so the condition can be read at leisure
+        cluster.kubectl("cordon", node)
+    try:
+        if how == "deleted":
+            cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+        else:
+            cluster.core.create_namespaced_pod_eviction(victim, namespace, {
+                "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim, "namespace": namespace}})
+        want = f"pod {victim} was lost: {how}"
+        msgs = wait_for(lambda: [m for m in event_messages(cluster, namespace, name, "WorkerLost") if want in m], 20,
+                        f"a WorkerLost Event saying {want!r}")
+        assert len(msgs) == 1 and f"replacing it with {name}-worker-1-0-1" in msgs[0], msgs
+        running = wait_for(lambda: (c := condition(status(cluster, namespace, name), "Running")).get("reason")
+                           == "WorkerLost" and c, 10, "the Running condition's reason WorkerLost")
+        assert running["status"] == "True" and want in running["message"]  # elastic: still running at 1
+    finally:
+        for node in nodes:
+            cluster.kubectl("uncordon", node, check=False)
+    ps = wait_running(cluster, namespace, name, 2)
+    assert names(ps) == [f"{name}-worker-0-0-0", f"{name}-worker-1-0-1"]
+    s = status(cluster, namespace, name)
+    assert s["restarts"]["total"] == 0
+    assert condition(s, "Running")["reason"] == "Running"  # healed: the reason moves on
 
 
 def test_operator_killed_mid_reconcile_repeatedly(cluster: Cluster, namespace: str, operator: Operator,
@@ -672,3 +715,54 @@ def test_delete_removes_everything(cluster: Cluster, namespace: str, operator: O
     # The operator's next passes for the vanished job are no-ops, not errors.
     time.sleep(1)
     assert "Traceback" not in operator.logs()
+
+
+# ------------------------------------------------------------------------- high availability
+
+
+def _holder(cluster: Cluster, namespace: str) -> str:
+    out = cluster.kubectl("get", "lease", "kubetrain-operator", "-n", namespace, "-o", "json", check=False)
+    return str((json.loads(out.stdout).get("spec") or {}).get("holderIdentity") or "") if out.returncode == 0 else ""
+
+
+def test_leader_election_standby_takes_over_after_sigkill(cluster: Cluster, namespace: str,
+                                                          operator_kubeconfig: Path, tmp_path: Path) -> None:
+    """Two replicas with --leader-elect (the chart's default): only the Lease holder reconciles;
+    after the leader's SIGKILL the standby takes the Lease within 15 s and repairs the job, with
+    no duplicate pod and no status lost."""
+    extra = ("--leader-elect", f"--leader-election-namespace={namespace}")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    a, b = (Operator(operator_kubeconfig, namespace, d, extra) for d in dirs)
+    try:
+        a.start()
+        first = wait_for(lambda: _holder(cluster, namespace), 20, "the first replica to take the Lease")
+        b.start()  # a standby: /healthz answers, no watches
+        apply(cluster, namespace, tj("ha", workers={"replicas": 2}))
+        ps = wait_running(cluster, namespace, "ha", 2)
+        assert "reconcile workers started" in a.logs() and "reconcile workers started" not in b.logs()
+        assert _holder(cluster, namespace) == first
+
+        a.kill()
+        killed = time.monotonic()
+        cluster.kubectl("delete", "pod", names(ps)[1], "-n", namespace, "--wait=false")  # only a leader repairs
+        second = wait_for(lambda: (h := _holder(cluster, namespace)) != first and h, 20, "the standby to lead")
+        took = time.monotonic() - killed
+        assert took <= 15, f"takeover took {took:.1f}s"
+        again = wait_running(cluster, namespace, "ha", 2, timeout=20)
+        assert names(again) == ["ha-worker-0-0-0", "ha-worker-1-0-1"]  # one replacement, no duplicate
+        every = pods(cluster, namespace, "ha", live=False)
+        assert len({p["metadata"]["labels"]["kubetrain.dev/worker-index"] for p in every
+                    if not p["metadata"].get("deletionTimestamp")}) == 2
+        s = status(cluster, namespace, "ha")
+        assert s["restarts"]["total"] == 0 and s["startTime"] and s["workers"]["ready"] == 2
+        assert "reconcile workers started" in b.logs()
+        print(f"leader failover: the standby ({second}) took the Lease {took:.1f}s after the leader's SIGKILL")
+
+        assert b.stop() == 0
+        wait_for(lambda: _holder(cluster, namespace) == "", 10, "the Lease released on SIGTERM")
+    finally:
+        a.kill()
+        b.kill()
+    assert "Traceback" not in b.logs(), b.logs()

@@ -131,6 +131,11 @@ def test_torchrun_environment() -> None:
     assert e["KUBETRAIN_SPEC_FILE"] == "/etc/kubetrain/trainingjob.json"
     assert e["KUBETRAIN_WORKER_INDEX"] == "2"
     assert e["KUBETRAIN_METRICS_PORT"] == str(METRICS_PORT)
+    # Fast elastic recovery: torch's c10d defaults (keep-alive 5 s x 3, last call 30 s) replaced,
+    # the same settings `kubetrain local` uses; the spec's rendezvous timeout is the join timeout.
+    conf = dict(item.split("=") for item in e["PET_RDZV_CONF"].split(","))
+    assert conf == {"keep_alive_interval": "1", "keep_alive_max_attempt": "3", "last_call_timeout": "3",
+                    "close_timeout": "10", "join_timeout": "300"}
 
 
 @pytest.mark.parametrize(

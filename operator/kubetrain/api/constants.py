@@ -34,6 +34,18 @@ PERMANENT_REASON_BY_CODE: Final = {EXIT_INVALID_SPEC: REASON_INVALID_SPEC, EXIT_
 METRICS_PORT: Final = 9090  # the container port named "metrics": /metrics and /progress
 METRICS_PORT_NAME: Final = "metrics"
 
+# --- torch c10d rendezvous (PET_RDZV_CONF), set by the operator and by `kubetrain local` ------
+# torch's defaults make a lost worker cost ~45 s: its heartbeat expires after 5 s x 3, then the
+# survivors' round waits last_call_timeout = 30 s for more nodes. These settings bring recovery
+# to seconds (bench/elastic_recovery.py; docs/operator.md "Rendezvous"): a dead agent is dropped
+# after 1 s x 3 missed keep-alives, a round that has minReplicas waits 3 s for late joiners.
+RENDEZVOUS_CONF: Final = {
+    "keep_alive_interval": 1,
+    "keep_alive_max_attempt": 3,
+    "last_call_timeout": 3,
+    "close_timeout": 10,
+}
+
 # --- environment variables the launcher and the workers read ---------------------------------
 ENV_SPEC_FILE: Final = "KUBETRAIN_SPEC_FILE"
 ENV_SPEC: Final = "KUBETRAIN_SPEC"

@@ -223,6 +223,11 @@ def build_config_map(job: JobRef, raw_spec: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- Pod
 
 
+def rendezvous_conf(**extra: object) -> str:
+    """PET_RDZV_CONF: the fast-recovery settings of api.constants.RENDEZVOUS_CONF, plus `extra`."""
+    return ",".join(f"{key}={value}" for key, value in {**k.RENDEZVOUS_CONF, **extra}.items())
+
+
 def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) -> list[dict[str, Any]]:
     w = spec.workers
     ours: list[dict[str, Any]] = [
@@ -233,7 +238,7 @@ def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) ->
         # The uid, not the name: a re-created job of the same name never joins a stale rendezvous.
         {"name": "PET_RDZV_ID", "value": job.uid},
         {"name": "PET_MAX_RESTARTS", "value": str(spec.elastic.max_restarts)},
-        {"name": "PET_RDZV_CONF", "value": f"join_timeout={spec.elastic.rendezvous_timeout_seconds}"},
+        {"name": "PET_RDZV_CONF", "value": rendezvous_conf(join_timeout=spec.elastic.rendezvous_timeout_seconds)},
         {"name": k.ENV_SPEC_FILE, "value": SPEC_FILE},
         {"name": k.ENV_METRICS_PORT, "value": str(k.METRICS_PORT)},
         {"name": k.ENV_RUN_DIR, "value": spec.checkpoint.storage.mount_path if spec.checkpoint.storage

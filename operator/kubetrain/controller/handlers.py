@@ -228,7 +228,9 @@ def pod_event(type: str, body: kopf.Body, name: str, namespace: str | None, **_:
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             key = (namespace, ref["name"])
-            if type == "DELETED" and f"{namespace}/{name}" not in rt.own_deletes:
+            owner = rt.jobs.get(key)
+            live = owner is not None and not (owner.get("metadata") or {}).get("deletionTimestamp")
+            if type == "DELETED" and live and f"{namespace}/{name}" not in rt.own_deletes:
                 gone = rt.gone.setdefault(key, {})
                 if len(gone) < MAX_GONE:
                     gone[name] = pod_view(copy.deepcopy(dict(body)))

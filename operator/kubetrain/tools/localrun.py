@@ -31,6 +31,7 @@ from kubetrain.api.constants import (
     ENV_TERMINATION_LOG,
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
+    RENDEZVOUS_CONF,
 )
 
 
@@ -72,7 +73,8 @@ def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int, me
         "PET_MAX_RESTARTS": "0",
         "PET_LOCAL_ADDR": "127.0.0.1",
         # only the first simulated pod's host creates the rendezvous store
-        "PET_RDZV_CONF": f"is_host={'true' if index == 0 else 'false'}",
+        "PET_RDZV_CONF": ",".join([f"is_host={'true' if index == 0 else 'false'}",
+                                   *(f"{k}={v}" for k, v in RENDEZVOUS_CONF.items())]),
         ENV_SPEC_FILE: str(opts.spec_path.resolve()),
         ENV_RUN_DIR: str(opts.run_dir.resolve()),
         ENV_CHECKPOINT_DIR: str((opts.run_dir / "checkpoints").resolve()),
