@@ -35,6 +35,7 @@ from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.controller.conditions import rfc3339
 from kubetrain.controller.events import EventRecorder, Pending
 from kubetrain.controller.kubeio import ApiError, Kube, load_client, merge_patch
+from kubetrain.controller.memory import IdleTrimmer
 from kubetrain.controller.metrics import OperatorMetrics
 from kubetrain.controller.observed import Observed, PodView, pod_view
 from kubetrain.controller.progress import ProgressPoller, target_of
@@ -88,6 +89,9 @@ class Runtime:
     qps: float = 200.0
     burst: int = 400
     recorder: EventRecorder | None = None
+    trimmer: IdleTrimmer | None = None
+    # Validation results per job and generation (the spec changes only with the generation).
+    problems: dict[Key, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     # The jobs as last seen (watch events and our own status writes): a pass reads its job
     # here, not with a GET. Bounded by the live jobs (a DELETED event drops the entry).
     jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
@@ -109,7 +113,7 @@ async def blocking(rt: Runtime, fn: Callable[..., T], *args: Any) -> T:
 _VALIDATION = threading.Lock()  # validation runs in the API threads; its checks are not ours to trust
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=64)
 def _problems(document: str) -> tuple[str, ...]:
     with _VALIDATION:
         return spec_problems(json.loads(document))
@@ -143,6 +147,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt.kube = Kube(load_client(rt.kubeconfig, pool=API_THREADS), TokenBucket(rt.qps, rt.burst))
     rt.recorder = EventRecorder(functools.partial(_post_event, rt))
     rt.recorder.start()
+    rt.trimmer = IdleTrimmer(lambda: rt.last_pass)
+    rt.trimmer.start()
     # Warm the validator (imports, the DeepSpeed mapping) before the first job waits on it.
     await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "spec": {}})
     rt.queue = WorkQueue()
@@ -166,6 +172,8 @@ async def cleanup(**_: Any) -> None:
             task.cancel()
     if rt.recorder is not None:
         await rt.recorder.stop()
+    if rt.trimmer is not None:
+        rt.trimmer.stop()
     rt.executor.shutdown(wait=False, cancel_futures=True)
     log.info("reconcile workers stopped")
 
@@ -208,6 +216,7 @@ def job_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_:
     if type == "DELETED":
         rt.jobs.pop(key, None)
         rt.gone.pop(key, None)
+        rt.problems.pop(key, None)
         if rt.recorder is not None:
             rt.recorder.forget(str(body.metadata.get("uid", "")))
         rt.queue.forget(key)
@@ -283,7 +292,13 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         rt.metrics.job_phase(key, None)
         return None  # deletion: owner references take the children with it
 
-    job = Job.from_object(obj, await blocking(rt, problems_of, obj))
+    meta = obj.get("metadata") or {}
+    version = f"{meta.get('uid')}/{meta.get('generation')}"  # a namesake re-created is another job
+    known = rt.problems.get(key)
+    if known is None or known[0] != version:
+        known = (version, await blocking(rt, problems_of, obj))
+        rt.problems[key] = known
+    job = Job.from_object(obj, known[1])
     pods, service, config_map = await asyncio.gather(
         blocking(rt, kube.list_pods, namespace, name, job.uid),
         blocking(rt, kube.get, "Service", namespace, n.service_name(name)),
