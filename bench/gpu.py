@@ -264,7 +264,7 @@ class Bench:
     def resume_check(self) -> None:
         s = self.sizes
         half = s.steps_correct // 2
-        common = dict(preset=s.correctness_preset, seq_len=None, strategy="ddp", dtype="fp32", interval=half)
+        common: dict[str, Any] = dict(preset=s.correctness_preset, seq_len=None, strategy="ddp", dtype="fp32", interval=half)
         full = self.job("resume-full", 120, steps=s.steps_correct, **common)
         first = self.job("resume-part", 120, steps=half, **common)
         # the same run directory with more steps: the launcher resumes from the committed checkpoint
@@ -344,7 +344,7 @@ class Bench:
             self.res.check("kubetrain plan ran", False, out.stdout.strip()[-300:] + out.stderr.strip()[-300:])
             return
         plan = json.loads(out.stdout)
-        mem = next((m for m in plan.get("memory", []) if m.get("strategy") == "ddp"), {})
+        mem: dict[str, Any] = next((m for m in plan.get("memory", []) if m.get("strategy") == "ddp"), {})
         measured = [r for r in self.res.rows if r.get("section") == "speed" and r.get("peak_mem_gib")]
         peak = measured[0]["peak_mem_gib"] if measured else None
         predicted = (mem.get("total_bytes") or 0) / 2**30
@@ -377,7 +377,8 @@ def bare(preset: str, seq_len: int, steps: int, batch: int, compile_: bool) -> N
     torch.manual_seed(0)
     with torch.device(device):
         model = GPT(GPTConfig(size.n_layers, size.n_heads, size.d_model, size.vocab_size, size.seq_len))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, **({"fused": True} if cuda else {"foreach": True}))
+    opt_kw: dict[str, Any] = {"fused": True} if cuda else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, **opt_kw)
     fwd = torch.compile(model, backend=os.environ.get("KUBETRAIN_COMPILE_BACKEND", "inductor")) if compile_ else model
     data = torch.randint(0, size.vocab_size, (batch, size.seq_len + 1), device=device)
     times = []
