@@ -16,6 +16,12 @@ KIND: Final = "TrainingJob"
 PLURAL: Final = "trainingjobs"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 
+# --- sizes -----------------------------------------------------------------------------------
+MAX_WORKERS: Final = 4096  # spec.workers.replicas/maxReplicas upper bound
+# metadata.name: a DNS-1123 label short enough that every worker's host name "<name>-worker-<index>"
+# (a DNS label: at most 63 characters) needs no cutting: 63 - len("-worker-4095") = 51.
+JOB_NAME_MAX_LENGTH: Final = 63 - len(f"-worker-{MAX_WORKERS - 1}")
+
 # --- exit codes of the pod's process (DESIGN.md) ---------------------------------------------
 EXIT_OK: Final = 0
 EXIT_RETRYABLE: Final = 1  # any code not listed here is retryable too

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from kubetrain import api
 from kubetrain.api.constants import GROUP, KIND, PLURAL, VERSION
+from kubetrain.api.modelsize import DEFAULT_PRESET, PRESETS
 
 _DROP = {"title", "default", "discriminator"}
 
@@ -30,10 +31,38 @@ def _model_registry() -> dict[str, type[api.ApiModel]]:
     }
 
 
+def _preset_or(field: str, key: str) -> str:
+    """CEL for a model size as the trainer resolves it: the field, else the preset's value."""
+    expr = str(PRESETS[DEFAULT_PRESET][key])
+    for name, sizes in PRESETS.items():
+        if name != DEFAULT_PRESET:
+            expr = f"(has(self.preset) && self.preset == '{name}' ? {sizes[key]} : {expr})"
+    return f"(has(self.{field}) ? self.{field} : {expr})"
+
+
+_D_MODEL, _N_HEADS = _preset_or("dModel", "d_model"), _preset_or("nHeads", "n_heads")
+
+# Rules written from tables outside the models (the models cannot import modelsize: it imports them).
+DERIVED_RULES: dict[str, tuple[api.CelRule, ...]] = {
+    "ModelSpec": (
+        api.CelRule(  # the trainer's attention splits dModel into nHeads heads
+            rule=f"has(self.entrypoint) || {_D_MODEL} % {_N_HEADS} == 0",
+            message="dModel must be divisible by nHeads (the preset's value where one is not given): "
+            "choose dModel a multiple of nHeads",
+            message_expression=f"'dModel (' + string({_D_MODEL}) + ') must be divisible by nHeads (' + "
+            f"string({_N_HEADS}) + '): choose dModel a multiple of nHeads'",
+            field_path=".dModel",
+        ),
+    ),
+}
+
+
 def _rules_of(cls: type[api.ApiModel]) -> list[dict[str, str]]:
     out = []
-    for r in cls.cel_rules:
+    for r in (*cls.cel_rules, *DERIVED_RULES.get(cls.__name__, ())):
         item = {"rule": r.rule, "message": r.message}
+        if r.message_expression:
+            item["messageExpression"] = r.message_expression
         if r.field_path:
             item["fieldPath"] = r.field_path
         if r.reason:
@@ -142,6 +171,8 @@ def crd_schema() -> dict[str, Any]:
             "spec": spec,
             "status": status,
         },
+        # metadata.name: the API server checks a DNS subdomain; the job needs a short DNS label
+        "x-kubernetes-validations": _rules_of(api.TrainingJob),
     }
 
 

@@ -11,10 +11,12 @@ knowable for the DeepSpeed-mapping rule (see `kubetrain.api.deepspeed`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from kubetrain.api.constants import JOB_NAME_MAX_LENGTH, MAX_WORKERS
 
 
 class CelRule(BaseModel):
@@ -22,6 +24,7 @@ class CelRule(BaseModel):
 
     rule: str
     message: str
+    message_expression: str | None = None  # CEL giving the message (with values); `message` is the fallback
     field_path: str | None = None
     reason: str | None = None
 
@@ -30,18 +33,48 @@ class ApiModel(BaseModel):
     """Base: camelCase aliases, unknown fields rejected (typos are errors)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=False
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=False,
+        # The API server's types exactly: no "300" -> 300, no true -> 1, no NaN/Infinity (JSON has none).
+        strict=True, allow_inf_nan=False,
     )
     # CEL rules of this object, emitted into the CRD and evaluated offline by `validate`.
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
 
-def _free_object(description: str, **kw: Any) -> Any:
-    """A field that passes an arbitrary Kubernetes object through (pod settings)."""
-    return Field(default=None, description=description, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}, **kw)
+def _free_object(description: str, max_properties: int = 64, **kw: Any) -> Any:
+    """A field that passes an arbitrary Kubernetes object through (pod settings), with at most
+    `max_properties` top-level keys (the request size bounds the rest)."""
+    return Field(
+        default=None, description=description, max_length=max_properties,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}, **kw,
+    )
+
+
+def _string_map(description: str, max_properties: int = 64, max_value: int = 4096) -> Any:
+    """A map of strings (labels, annotations, node selector), bounded in keys and value length."""
+    return Field(
+        default=None, description=description, max_length=max_properties,
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": max_value}},
+    )
+
+
+# Strings that reach a file system, a container runtime or a name field: no control characters
+# (a NUL in a path is an error only at start), bounded length. The same patterns are Go regexps
+# (RE2) on the API server and Rust regexps in pydantic: only ASCII classes, no look-arounds.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+NO_SPACE = r"^[^\x00-\x20\x7f]+$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PATH_MAX = 4096
+
+
+def _name(description: str, pattern: str = DNS_SUBDOMAIN, max_length: int = 253) -> Any:
+    """An optional reference to another Kubernetes object by name."""
+    return Field(default=None, description=description, min_length=1, max_length=max_length, pattern=pattern)
 
 
 def _free_list(description: str, max_items: int = 256) -> Any:
+    """A list of arbitrary Kubernetes objects (env, volumes, tolerations...), at most `max_items`."""
     return Field(
         default=None,
         description=description,
@@ -71,13 +104,13 @@ class ResourceRequirements(ApiModel):
 
 
 class WorkersSpec(ApiModel):
-    replicas: int = Field(default=1, ge=1, le=4096, description="Number of worker pods (nodes) to run.")
+    replicas: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Number of worker pods (nodes) to run.")
     min_replicas: int | None = Field(
-        default=None, ge=1, le=4096,
+        default=None, ge=1, le=MAX_WORKERS,
         description="Fewest workers the job keeps training with (elastic lower bound). Default: replicas.",
     )
     max_replicas: int | None = Field(
-        default=None, ge=1, le=4096,
+        default=None, ge=1, le=MAX_WORKERS,
         description="Most workers the job may scale to (elastic upper bound). Default: replicas.",
     )
     gpus_per_worker: int = Field(
@@ -88,7 +121,7 @@ class WorkersSpec(ApiModel):
         description="Training processes per worker pod. Default: max(1, gpusPerWorker).",
     )
     image: str | None = Field(
-        default=None, min_length=1,
+        default=None, min_length=1, max_length=1024, pattern=NO_SPACE,
         description="Trainer image. Default: the trainer image bundled with the operator release.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -106,23 +139,17 @@ class WorkersSpec(ApiModel):
     image_pull_secrets: list[dict[str, Any]] | None = _free_list(
         "core/v1 LocalObjectReference list for pulling the image. Default: none.", 16
     )
-    service_account_name: str | None = Field(
-        default=None, description="ServiceAccount the worker pods run as. Default: the namespace's default."
-    )
-    labels: dict[str, str] | None = Field(default=None, description="Extra labels on worker pods. Default: none.")
-    annotations: dict[str, str] | None = Field(
-        default=None, description="Extra annotations on worker pods. Default: none."
-    )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Node selector of worker pods. Default: none."
-    )
+    service_account_name: str | None = _name("ServiceAccount the worker pods run as. Default: the namespace's default.")
+    labels: dict[str, str] | None = _string_map("Extra labels on worker pods. Default: none.", max_value=63)
+    annotations: dict[str, str] | None = _string_map("Extra annotations on worker pods. Default: none.")
+    node_selector: dict[str, str] | None = _string_map("Node selector of worker pods. Default: none.", max_value=63)
     tolerations: list[dict[str, Any]] | None = _free_list(
         "Tolerations of worker pods (core/v1 Toleration). Default: none.", 64
     )
-    affinity: dict[str, Any] | None = _free_object("Affinity of worker pods (core/v1 Affinity). Default: none.")
-    priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of worker pods. Default: none."
+    affinity: dict[str, Any] | None = _free_object(
+        "Affinity of worker pods (core/v1 Affinity). Default: none.", max_properties=3
     )
+    priority_class_name: str | None = _name("PriorityClass of worker pods. Default: none.")
 
     cel_rules = (
         CelRule(
@@ -152,6 +179,7 @@ class WorkersSpec(ApiModel):
 
 # ------------------------------------------------------------------------------------ model
 
+
 ModelPreset = Literal["tiny", "124M", "350M", "1.3B"]
 
 
@@ -173,7 +201,7 @@ class ModelSpec(ApiModel):
     tie_embeddings: bool = Field(default=True, description="Share input embedding and output head weights.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout probability.")
     entrypoint: str | None = Field(
-        default=None,
+        default=None, max_length=512,
         pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
         description='Your own model: "pkg.module:fn" returning an nn.Module (optionally (module, loss_fn)). '
         "Default: none (the built-in GPT).",
@@ -193,6 +221,7 @@ class ModelSpec(ApiModel):
             message="entrypointArgs needs entrypoint: set entrypoint or remove entrypointArgs",
             field_path=".entrypointArgs",
         ),
+        # + dModel divisible by nHeads, written from the preset table by kubetrain.api.crd
     )
 
 
@@ -206,7 +235,7 @@ class DataSpec(ApiModel):
         "token shards (see `kubetrain prepare-data`); text: byte-level plain text files.",
     )
     path: str | None = Field(
-        default=None, min_length=1,
+        default=None, min_length=1, max_length=PATH_MAX, pattern=NO_CONTROL,
         description="File, directory or glob of the data inside the worker (tokens and text). Default: none.",
     )
     token_dtype: Literal["uint16", "uint32"] = Field(
@@ -278,7 +307,11 @@ class DiLoCoSpec(ApiModel):
 
 class PowerSGDSpec(ApiModel):
     rank: int = Field(default=1, ge=1, le=64, description="Rank of the low-rank gradient approximation.")
-    start_step: int = Field(default=10, ge=0, description="Plain allreduce before this step (warm start).")
+    start_step: int = Field(
+        default=10, ge=2,
+        description="Plain allreduce before this step (warm start); at least 2: torch's PowerSGD hook "
+        "compresses only after DDP's first two iterations, which rebuild its buckets.",
+    )
 
 
 class SyncSpec(ApiModel):
@@ -367,9 +400,9 @@ class OptimizerSpec(ApiModel):
     type: Literal["AdamW", "Adam", "SGD"] | None = Field(
         default=None, description="Optimizer. Default: AdamW, or from the DeepSpeed config."
     )
-    lr: float | None = Field(default=None, gt=0.0, description="Base learning rate. Default: 3e-4.")
-    betas: list[float] | None = Field(
-        default=None, min_length=2, max_length=2, description="Adam betas. Default: [0.9, 0.999]."
+    lr: float | None = Field(default=None, gt=0.0, description="Base learning rate (finite). Default: 3e-4.")
+    betas: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = Field(
+        default=None, min_length=2, max_length=2, description="Adam betas, each in [0, 1). Default: [0.9, 0.999]."
     )
     eps: float | None = Field(default=None, gt=0.0, description="Adam epsilon. Default: 1e-8.")
     weight_decay: float | None = Field(default=None, ge=0.0, description="Weight decay. Default: 0.01 (0 for SGD).")
@@ -390,7 +423,7 @@ class LRScheduleSpec(ApiModel):
     )
     params: dict[str, Any] | None = _free_object(
         "The schedule's parameters with DeepSpeed's names (e.g. warmup_num_steps); checked by the "
-        "operator and `kubetrain validate`. Default: DeepSpeed's defaults."
+        "operator and `kubetrain validate`. Default: DeepSpeed's defaults.", max_properties=32
     )
 
 
@@ -398,17 +431,32 @@ class LRScheduleSpec(ApiModel):
 
 
 class StorageSpec(ApiModel):
-    claim_name: str | None = Field(
-        default=None,
-        description="PersistentVolumeClaim holding checkpoints (ReadWriteMany for multi-node jobs). "
-        "Default: none, an emptyDir that does not survive pod replacement.",
+    claim_name: str | None = _name(
+        "PersistentVolumeClaim holding checkpoints (ReadWriteMany for multi-node jobs). "
+        "Default: none, an emptyDir that does not survive pod replacement."
     )
-    mount_path: str = Field(default="/checkpoints", pattern=r"^/.*", description="Mount path in workers.")
-    sub_path: str | None = Field(default=None, description="Sub-path inside the volume. Default: the job name.")
+    mount_path: str = Field(
+        default="/checkpoints", max_length=PATH_MAX, pattern=r"^/[^\x00-\x1f\x7f]*$", description="Mount path in workers."
+    )
+    sub_path: str | None = Field(
+        default=None, max_length=PATH_MAX, pattern=NO_CONTROL,
+        description="Sub-path inside the volume (relative, no '..'). Default: the job name.",
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.subPath) || (!self.subPath.startsWith('/') && !self.subPath.matches('(^|/)[.][.](/|$)'))",
+            message="subPath must be a relative path without '..' (pods refuse others): fix storage.subPath",
+            field_path=".subPath",
+        ),
+    )
 
 
 class InitFromSpec(ApiModel):
-    path: str = Field(min_length=1, description="Checkpoint directory (or run directory) to start from.")
+    path: str = Field(
+        min_length=1, max_length=PATH_MAX, pattern=NO_CONTROL,
+        description="Checkpoint directory (or run directory) to start from.",
+    )
     mode: Literal["weights", "full"] = Field(
         default="weights", description="weights: model weights only; full: also optimizer, schedule and step."
     )
@@ -454,8 +502,8 @@ class SchedulingSpec(ApiModel):
     gang: Literal["none", "kubernetes", "scheduler-plugins", "volcano"] = Field(
         default="none", description="Gang scheduling: all of minReplicas workers placed together, or none."
     )
-    queue: str | None = Field(default=None, description="Volcano queue. Default: none.")
-    priority_class_name: str | None = Field(default=None, description="PodGroup priority class. Default: none.")
+    queue: str | None = _name("Volcano queue. Default: none.")
+    priority_class_name: str | None = _name("PodGroup priority class. Default: none.")
     scheduling_timeout_seconds: int = Field(
         default=300, ge=10, description="Release the gang if fewer than minReplicas are scheduled by then."
     )
@@ -519,7 +567,8 @@ class TrainingJobSpec(ApiModel):
         default_factory=LRScheduleSpec, alias="lrSchedule", description="The learning-rate schedule."
     )
     deepspeed: dict[str, Any] | None = _free_object(
-        "A DeepSpeed config, as-is; mapped onto the typed fields with DeepSpeed's semantics. Default: none."
+        "A DeepSpeed config, as-is; mapped onto the typed fields with DeepSpeed's semantics. Default: none.",
+        max_properties=128,
     )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
     elastic: ElasticSpec = Field(default_factory=ElasticSpec, description="Elastic and failure-detection timing.")
@@ -610,9 +659,39 @@ class TrainingJobStatus(ApiModel):
     completion_time: str | None = Field(default=None, description="When the job finished (RFC 3339).")
 
 
+JOB_NAME_RULE = CelRule(
+    rule=f"!has(self.metadata.name) || (size(self.metadata.name) <= {JOB_NAME_MAX_LENGTH} && "
+    f"self.metadata.name.matches('{DNS_LABEL}'))",
+    message=f"the job name must be a DNS-1123 label of at most {JOB_NAME_MAX_LENGTH} characters (lowercase "
+    "letters, digits and '-', starting and ending with a letter or digit) so that every worker's host name "
+    "fits: rename the job",
+    field_path=".metadata.name",
+)
+
+
+def job_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a TrainingJob (JOB_NAME_RULE's message), or None."""
+    import re
+
+    ok = isinstance(name, str) and len(name) <= JOB_NAME_MAX_LENGTH and re.fullmatch(DNS_LABEL[1:-1], name)
+    return None if ok else JOB_NAME_RULE.message
+
+
 class TrainingJob(ApiModel):
     api_version: Literal["kubetrain.dev/v1alpha1"] = Field(default="kubetrain.dev/v1alpha1", description="kubetrain.dev/v1alpha1")
     kind: Literal["TrainingJob"] = Field(default="TrainingJob", description="TrainingJob")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec, description="What to train and how.")
     status: TrainingJobStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+    # on the CRD's root: the API server checks only that a name is a DNS subdomain
+    cel_rules = (JOB_NAME_RULE,)
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_is_a_label(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if "name" in metadata:
+            problem = job_name_problem(metadata["name"])
+            if problem:
+                raise ValueError(problem)
+        return metadata

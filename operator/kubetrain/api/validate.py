@@ -2,12 +2,18 @@
 
 The CEL rules are read from the generated CRD schema and evaluated with cel-python, so
 `kubetrain validate` and the API server judge by the very same expressions.
+
+`admission_problems` is what the API server decides (metadata, the structural schema with its
+types and bounds, the CEL rules); `validate_object` adds the checks that need resolved values
+(`SEMANTIC_CHECKS`), which the operator and the trainer's startup run too. Neither raises: any
+object, however malformed, gets one line per problem.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +24,7 @@ from kubetrain import api
 from kubetrain.api import deepspeed
 from kubetrain.api.constants import API_VERSION, KIND
 from kubetrain.api.crd import crd_schema
+from kubetrain.api.objectmeta import metadata_problems
 from kubetrain.api.problems import Problem, SpecError
 
 # Checks beyond the schema, in order: spec -> problems. An explicit list (nothing registers itself).
@@ -56,10 +63,28 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() of a value cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "(document)"
+
+
+def _not_finite(path: str) -> Problem:
+    return Problem(path, "is not a finite number", "JSON (and so the API server) has no NaN or Infinity: "
+                   "write a finite number")
+
+
 def _describe(err: Any, root: type[BaseModel]) -> Problem:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in {"int", "str", "function-after"}))
-    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "(document)"
-    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    path = _path(loc)
+    kind, ctx, raw = err["type"], err.get("ctx", {}), err.get("input")
+    value = _Short(raw)
+    if kind == "finite_number":
+        return _not_finite(path)
     if kind == "extra_forbidden":
         name = str(loc[-1])
         near = difflib.get_close_matches(name, _aliases_at(root, loc[:-1]), n=1)
@@ -89,15 +114,42 @@ def _describe(err: Any, root: type[BaseModel]) -> Problem:
     return Problem(path, err["msg"], "")
 
 
+class _Short:
+    """Formats as a short repr() in the f-strings above (a 1 MB string prints as 60 characters)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return _short(self.value)
+
+
 def model_problems(obj: dict[str, Any]) -> list[Problem]:
+    """The models' verdict (types, bounds, unknown fields); metadata is metadata_problems' job."""
     try:
         api.TrainingJob.model_validate(obj)
     except ValidationError as exc:
-        return [_describe(e, api.TrainingJob) for e in exc.errors()]
+        return [_describe(e, api.TrainingJob) for e in exc.errors() if e["loc"][:1] != ("metadata",)]
+    return []
+
+
+def non_finite_problems(value: Any, path: str = "") -> list[Problem]:
+    """NaN and infinities anywhere (free-form fields included): kubectl cannot even send them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [_not_finite(path or "(document)")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_problems(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite_problems(v, f"{path}[{i}]")]
     return []
 
 
 # ------------------------------------------------------------------------------ CEL rules
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return crd_schema()
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,22 +180,32 @@ def _walk(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iterable[t
 def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[Problem]:
     """Evaluate the CRD's CEL rules against `obj` (and `old` for transition rules)."""
     problems = []
-    for path, rule, value, old_value in _walk(crd_schema(), obj, old, ""):
+    for path, rule, value, old_value in _walk(_schema(), obj, old, ""):
         uses_old = "oldSelf" in rule["rule"]
         if uses_old and old_value is None:
             continue  # transition rules only run on updates where the old value exists
-        activation = {"self": celpy.json_to_cel(value)}
-        if uses_old:
-            activation["oldSelf"] = celpy.json_to_cel(old_value)
         try:
+            activation = {"self": celpy.json_to_cel(value)}
+            if uses_old:
+                activation["oldSelf"] = celpy.json_to_cel(old_value)
             ok = bool(_program(rule["rule"]).evaluate(activation))
-        except Exception:  # a type error here means the schema check already reported it
+        except Exception:  # a value of the wrong type or range: the schema check reports it
             continue
         if not ok:
             field = (path + rule.get("fieldPath", "")).lstrip(".")
-            what, _, fix = rule["message"].partition(": ")
+            what, _, fix = _message(rule, activation).partition(": ")
             problems.append(Problem(field, what, fix))
     return problems
+
+
+def _message(rule: dict[str, str], activation: dict[str, Any]) -> str:
+    expression = rule.get("messageExpression")
+    if expression:
+        try:
+            return str(_program(expression).evaluate(activation))
+        except Exception:  # the API server, too, falls back to `message`
+            pass
+    return rule["message"]
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -155,23 +217,14 @@ def _header_problems(obj: Any) -> list[Problem]:
                         f"start the file with 'apiVersion: {API_VERSION}' and 'kind: {KIND}'")]
     problems = []
     if obj.get("apiVersion") != API_VERSION:
-        problems.append(Problem("apiVersion", f"{obj.get('apiVersion')!r} is not {API_VERSION!r}",
+        problems.append(Problem("apiVersion", f"{_short(obj.get('apiVersion'))} is not {API_VERSION!r}",
                                 f"set apiVersion: {API_VERSION}"))
     if obj.get("kind") != KIND:
-        problems.append(Problem("kind", f"{obj.get('kind')!r} is not {KIND!r}", f"set kind: {KIND}"))
+        problems.append(Problem("kind", f"{_short(obj.get('kind'))} is not {KIND!r}", f"set kind: {KIND}"))
     return problems
 
 
-def validate_object(obj: Any, old: dict[str, Any] | None = None) -> list[Problem]:
-    """All problems of one TrainingJob object (empty when valid)."""
-    problems = _header_problems(obj)
-    if problems:
-        return problems
-    problems = model_problems(obj) + cel_problems(obj, old)
-    if not problems:
-        spec = api.TrainingJob.model_validate(obj).spec
-        for check in SEMANTIC_CHECKS:
-            problems += check(spec, obj.get("spec") or {})
+def _unique(problems: list[Problem]) -> list[Problem]:
     seen: set[str] = set()
     unique = []
     for p in problems:
@@ -179,6 +232,39 @@ def validate_object(obj: Any, old: dict[str, Any] | None = None) -> list[Problem
             seen.add(str(p))
             unique.append(p)
     return unique
+
+
+def admission_problems(obj: Any, old: dict[str, Any] | None = None) -> list[Problem]:
+    """What the API server refuses of `obj` (with the CRD installed): metadata, the structural
+    schema's types and bounds, unknown fields (strict field validation), the CEL rules."""
+    problems = _header_problems(obj)
+    if problems:
+        return problems
+    problems = metadata_problems(obj) + non_finite_problems(obj) + model_problems(obj)
+    typed = {p.path for p in problems}
+    # a field that already has a problem is not reported again by a rule about it
+    problems += [p for p in cel_problems(obj, old) if p.path not in typed]
+    return _unique(problems)
+
+
+def validate_object(obj: Any, old: dict[str, Any] | None = None) -> list[Problem]:
+    """All problems of one TrainingJob object (empty when valid): admission_problems, then the
+    checks that need resolved values. Never raises."""
+    try:
+        problems = admission_problems(obj, old)
+    except Exception as exc:  # a bug, not a verdict: say so in one line instead of a traceback
+        return [Problem("(document)", f"internal error while validating: {type(exc).__name__}: {exc}",
+                        "please report it with the file")]
+    if problems:
+        return problems
+    spec = api.TrainingJob.model_validate(obj).spec
+    for check in SEMANTIC_CHECKS:
+        try:
+            problems += check(spec, obj.get("spec") or {})
+        except Exception as exc:
+            problems.append(Problem("spec", f"internal error in {getattr(check, '__name__', check)}: "
+                                    f"{type(exc).__name__}: {exc}", "please report it with the file"))
+    return _unique(problems)
 
 
 def parse_spec(obj: dict[str, Any]) -> api.TrainingJob:
