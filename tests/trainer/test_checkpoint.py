@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -136,10 +137,10 @@ def test_truncated_or_incomplete_checkpoint_is_skipped(tmp_path: Path, caplog: p
         f.truncate(data.stat().st_size // 2)
     found, warned = ck.find_latest(root)
     assert found == root / "step-00000002"
-    assert "is truncated" in warned[0] and "step-00000004" in warned[0]
+    assert "the manifest recorded" in warned[0] and "step-00000004" in warned[0] and ".distcp has" in warned[0]
     (root / "step-00000002" / ".metadata").unlink()  # incomplete: DCP's index missing
     assert ck.find_latest(root)[0] is None
-    assert "unreadable" in ck.problem(root / "step-00000002")  # type: ignore[operator]
+    assert ".metadata is missing" in ck.problem(root / "step-00000002")  # type: ignore[operator]
 
     # The trainer resumes from the newest complete checkpoint and warns about the damaged one.
     run_dir2 = tmp_path / "run2"
@@ -147,8 +148,10 @@ def test_truncated_or_incomplete_checkpoint_is_skipped(tmp_path: Path, caplog: p
     (run_dir2 / "checkpoints" / "step-00000006" / "kubetrain.json").write_text("{")
     with caplog.at_level("WARNING", logger="kubetrain_trainer"):
         train_here(write_job(tmp_path / "job3.json", _spec("ddp", 7, gbs=4, interval=2)), run_dir2)
-    assert "skipping checkpoint" in caplog.text and "step-00000006" in caplog.text
+    assert "failed verification: kubetrain.json has 1 bytes" in caplog.text and "step-00000006" in caplog.text
     assert [r["step"] for r in metrics(run_dir2)][-3:] == [5, 6, 7]  # resumed after step 4
+    # The damaged one was moved aside (not overwritten by the new save of step 6).
+    assert len(list((run_dir2 / "checkpoints").glob("step-00000006.damaged-*"))) == 1
 
 
 def test_save_killed_half_way_leaves_previous_latest(tmp_path: Path) -> None:
@@ -300,3 +303,112 @@ def test_stop_checkpoint_is_bounded_by_save_timeout(tmp_path: Path) -> None:
     latest = ck.read_latest(run_dir / "checkpoints")
     assert latest is not None and latest >= (before or "")  # an interval save may have landed meanwhile
     assert ck.find_latest(run_dir / "checkpoints")[0] == run_dir / "checkpoints" / latest
+
+
+# ----------------------------------------------------------------------------- pure pieces (fast)
+
+
+def test_manifest_checksums_what_was_written_and_detects_each_kind_of_damage(tmp_path: Path) -> None:
+    """The checksum is taken from the bytes handed to write() (no second pass) and equals a hash of
+    the file read back; a flipped byte, a size change, a missing file and a damaged manifest are
+    each reported by name."""
+    import io
+
+    from kubetrain_trainer.checkpoint import manifest as mf
+
+    rec = mf.Recorder()
+    path = tmp_path / "ck"
+    path.mkdir()
+    with (path / "data.bin").open("wb") as raw:
+        stream = mf.HashingStream(raw, lambda r: rec.add("data.bin", r))
+        torch.save(torch.arange(1000, dtype=torch.float32), stream)  # torch writes memoryviews
+        stream.write(b"tail")
+        stream.close()
+    buf = io.BytesIO()
+    torch.save(torch.arange(1000, dtype=torch.float32), buf)
+    assert rec.files["data.bin"].size == len(buf.getvalue()) + 4 == (path / "data.bin").stat().st_size
+    assert rec.files["data.bin"] == mf.hash_file(path / "data.bin")
+    (path / "meta.json").write_text("{}")
+    files = {**rec.files, "meta.json": mf.hash_file(path / "meta.json")}
+    (path / mf.MANIFEST_FILE).write_text(mf.build_manifest(7, files))
+    assert mf.verify_dir(path) is None
+
+    data = bytearray((path / "data.bin").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / "data.bin").write_bytes(bytes(data))
+    assert "data.bin does not match its checksum" in (mf.verify_dir(path) or "")
+    (path / "data.bin").write_bytes(bytes(data[:-1]))
+    assert "data.bin has" in (mf.verify_dir(path) or "")
+    (path / "data.bin").unlink()
+    assert "data.bin is missing" in (mf.verify_dir(path) or "")
+    text = (path / mf.MANIFEST_FILE).read_text().replace('"step": 7', '"step": 8')
+    (path / mf.MANIFEST_FILE).write_text(text)
+    assert "does not match its own checksum" in (mf.verify_dir(path) or "")
+    (path / mf.MANIFEST_FILE).unlink()
+    assert "manifest.json is missing" in (mf.verify_dir(path) or "")
+    # Each rank verifies a share: every file exactly once, the big ones spread.
+    table = {f"f{i}": mf.FileRecord(size, "x") for i, size in enumerate([100, 90, 10, 5, 1])}
+    shares = [mf.share(table, r, 2) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(table) and "f0" in shares[0] and "f1" in shares[1]
+
+
+def test_failures_are_named_through_checkpoint_exception() -> None:
+    """torch's CheckpointException (a BaseException) wrapping an OSError is named by its errno."""
+    import errno
+
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from kubetrain_trainer.checkpoint import failures
+
+    def wrapped(code: int) -> BaseException:
+        try:
+            raise OSError(code, os.strerror(code), "/ckpt/step-00000004.tmp-1/__0_0.distcp")
+        except OSError as e:
+            return CheckpointException("save failed", {1: _wrap_exception(e)})
+
+    exc = wrapped(errno.ENOSPC)
+    assert not isinstance(exc, Exception)
+    for code, reason in ((errno.ENOSPC, "CheckpointStorageFull"), (errno.EROFS, "CheckpointStorageReadOnly"),
+                         (errno.EACCES, "CheckpointPermissionDenied")):
+        named = failures.classify(wrapped(code), "saving the checkpoint of step 4", "/ckpt")
+        assert named.reason == reason and named.exit_code == 65, named
+        assert "saving the checkpoint of step 4 failed" in str(named) and "__0_0.distcp" in str(named)
+    other = failures.classify(CheckpointException("boom", {0: _wrap_exception(RuntimeError("x"))}), "saving", "/ckpt")
+    assert other.reason == "CheckpointError" and other.exit_code == 1
+    with pytest.raises(KeyboardInterrupt):
+        failures.classify(KeyboardInterrupt(), "saving", "/ckpt")
+
+
+def test_termination_record_is_capped_and_lands_on_a_full_disk(tmp_path: Path) -> None:
+    """One JSON line under the kubelet's 4096 bytes whatever the message (the end is kept); written
+    over the blanks reserved at start-up, so it needs no new blocks when the disk filled up."""
+    from kubetrain_trainer import protocol
+
+    text = protocol.capped_json({"reason": "R", "message": "é" * 9000 + " THE CAUSE", "step": 3})
+    assert len(text.encode()) <= protocol.MAX_RECORD_BYTES
+    record = json.loads(text)
+    assert record["reason"] == "R" and record["step"] == 3 and record["message"].endswith("THE CAUSE")
+    term = tmp_path / "termination.json"
+    protocol.reserve(term)
+    assert term.stat().st_size == protocol.RESERVED_BYTES
+    assert protocol.write_in_place(term, text)
+    assert json.loads(term.read_text()) == record
+
+
+def test_run_lock_refuses_another_run_and_admits_its_own(tmp_path: Path) -> None:
+    """Another run is refused with the holder's PID; the same run (same lock id) joins; the kernel
+    releases the lock when the holder dies."""
+    from kubetrain_trainer import runlock
+
+    held = runlock.acquire(tmp_path / "run", "job-a")
+    sibling = runlock.acquire(tmp_path / "run", "job-a")  # e.g. the launcher of another pod of the job
+    probe = ("from pathlib import Path; from kubetrain_trainer import runlock\n"
+             "try:\n runlock.acquire(Path(r'%s'), 'job-b'); print('ACQUIRED')\n"
+             "except runlock.RunDirBusy as e: print(e)\n") % (tmp_path / "run")
+    env = base_env()
+    refused = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert f"is in use by another run (pid {os.getpid()}" in refused.stdout, refused.stdout + refused.stderr
+    held.release()
+    sibling.release()
+    free = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert "ACQUIRED" in free.stdout, free.stdout + free.stderr

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     _setup_logging(rank)
+    launcher = os.environ.get(k.ENV_LAUNCHER_PID)
+    if launcher:  # under the launcher: die with it (it alone can coordinate a stop)
+        from . import lifeline
+
+        lifeline.die_with_parent(int(launcher), signal.SIGKILL)
     from . import signals
 
     signals.install()  # before anything slow: a SIGTERM during start-up must not kill us unsaved
@@ -73,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         ctx = distributed.init(cfg.workers.gpus_per_worker, cfg.elastic.collective_timeout_seconds)
         from .checkpoint import Checkpointer, checkpoint_root
         from .engine import Trainer
-        from .faults import Faults
+        from .faults import Faults, poison_params
         from .metrics import metrics_port
 
         faults = Faults.from_env()
         trainer = Trainer(cfg, ctx, run_dir, metrics_port=metrics_port(), faults=faults, keep_history=False)
         if faults.step_sleep_s:  # fault injection (tests): pace the steps
             trainer.callbacks.append(lambda _t, _r: time.sleep(faults.step_sleep_s))
+        poison = poison_params(faults)
+        if poison is not None:  # fault injection (tests): a NaN parameter after a given step
+            trainer.callbacks.append(poison)  # type: ignore[arg-type]
         signals.on_request(lambda t=trainer: setattr(t, "stop_signal", True))
         checkpointer = Checkpointer(trainer, checkpoint_root(run_dir), launch_dir=launch_dir_from_env())
         trainer.callbacks.append(checkpointer.on_step)
@@ -101,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", e.reason, e)
         write_failure(run_dir, rank, e.reason, str(e), trainer.step if trainer else None)
         rc = e.exit_code
-    except Exception as e:
+    except BaseException as e:  # torch's CheckpointException is a BaseException, not an Exception
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         log.error("unexpected failure:\n%s", traceback.format_exc())
         write_failure(run_dir, rank, type(e).__name__, f"{e}", trainer.step if trainer else None)
         rc = EXIT_RETRYABLE

@@ -33,6 +33,9 @@ with sharing, a node joining a running job waits forever for the new round's MAS
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -48,19 +51,25 @@ from typing import Any
 from kubetrain.api import constants as k
 from kubetrain.api.constants import (
     EXIT_INVALID_SPEC,
+    EXIT_MODEL_OR_DATA,
     EXIT_OK,
     EXIT_PREEMPTED,
     EXIT_RETRYABLE,
     PERMANENT_EXIT_CODES,
 )
 
-from .protocol import termination_log_path
+from .protocol import capped_json, reserve, termination_log_path, write_in_place
+from .runlock import RunDirBusy, acquire
 
 PERMANENT = tuple(sorted(PERMANENT_EXIT_CODES))
 # A failed group has no consistent state to save: stop what is left quickly.
 FAILED_GROUP_STOP_SECONDS = 5
 # Margin on top of the save limit for the last step and process teardown.
 STOP_MARGIN_SECONDS = 15
+# Node-local directories of launchers: kubetrain-launch-<random>/, flock'ed through OWNER_LOCK.
+LAUNCH_DIR_PREFIX = "kubetrain-launch-"
+OWNER_LOCK = "owner.lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 log = logging.getLogger("kubetrain.launch")
 
@@ -99,16 +108,55 @@ def _nproc(value: str) -> int:
 
 
 def write_termination(outcome: Outcome, path: Path | None) -> None:
+    """``{reason, message, step}`` (capped, one JSON line) over the blanks ``reserve`` put there at
+    start-up: it lands even when the disk holding it filled up meanwhile.  Never fails the exit."""
     if path is None:
         return
-    record: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message[-3500:], "step": outcome.step}
+    record: dict[str, Any] = {"reason": outcome.reason, "message": outcome.message, "step": outcome.step}
     if outcome.loss is not None:
         record["loss"] = outcome.loss
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record) + "\n")
-    except OSError as exc:  # the message is a courtesy; never fail the exit code over it
-        log.warning("could not write termination log %s: %s", path, exc)
+    write_in_place(path, capped_json(record))
+
+
+# ----------------------------------------------------------------------- launch directories
+
+
+def _sweep_launch_dirs(parent: Path) -> None:
+    """Remove launch directories whose launcher is gone (killed before it could clean up): their
+    owner lock is free.  Directories younger than a minute are left alone (being created)."""
+    now = time.time()
+    for path in parent.glob(f"{LAUNCH_DIR_PREFIX}*"):
+        lock = path / OWNER_LOCK
+        try:
+            if now - path.stat().st_mtime < 60 or not lock.exists():
+                continue
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def make_launch_dir() -> tuple[Path, int]:
+    """A fresh node-local launch directory, flock'ed by this process (the fd holds it)."""
+    parent = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        _sweep_launch_dirs(parent)
+    path = Path(tempfile.mkdtemp(prefix=LAUNCH_DIR_PREFIX))
+    fd = os.open(path / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return path, fd
+
+
+def _run_dir_outcome(run_dir: Path, exc: OSError) -> Outcome:
+    permanent = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+    return Outcome(EXIT_MODEL_OR_DATA if permanent else EXIT_RETRYABLE, "RunDirUnusable",
+                   f"cannot use the run directory {run_dir}: {exc.strerror or exc} (errno {exc.errno})")
 
 
 # ----------------------------------------------------------------------------------- spec
@@ -168,6 +216,7 @@ def _patch_agent(state: _AgentState) -> None:
         return original_start(self, worker_group)
 
     def _monitor_workers(self: Any, worker_group: Any) -> Any:
+        _check_parent()
         result = original_monitor(self, worker_group)
         codes = sorted({int(f.exitcode) for f in (getattr(result, "failures", None) or {}).values()})
         permanent = [c for c in codes if c in PERMANENT]
@@ -179,6 +228,16 @@ def _patch_agent(state: _AgentState) -> None:
     LocalElasticAgent._stop_workers = _stop_workers  # type: ignore[method-assign]
     LocalElasticAgent._start_workers = _start_workers  # type: ignore[method-assign]
     LocalElasticAgent._monitor_workers = _monitor_workers  # type: ignore[method-assign]
+
+
+def _check_parent() -> None:
+    """Under ``kubetrain local``: its death is a stop request (PR_SET_PDEATHSIG delivers SIGTERM;
+    this check covers a signal lost to a race)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    expected = os.environ.get(k.ENV_LOCAL_PID)
+    if expected and os.getppid() != int(expected):
+        raise SignalException("kubetrain local is gone", sigval=signal.SIGTERM)
 
 
 def _markers(launch_dir: Path, prefix: str) -> list[dict[str, Any]]:
@@ -310,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     started = time.monotonic()
     termination_log = termination_log_path()  # read before _main points workers elsewhere
+    if termination_log is not None:
+        reserve(termination_log)
     outcome = _main(args)
     write_termination(outcome, termination_log)
     log.info("exit %d (%s) after %.1fs: %s", outcome.code, outcome.reason, time.monotonic() - started,
@@ -329,20 +390,28 @@ def _main(args: argparse.Namespace) -> Outcome:
     job = TrainingJob.model_validate(obj)
     name = str(job.metadata.get("name") or "job")
     run_dir = Path(args.run_dir or Path("runs") / name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    launch_dir = Path(tempfile.mkdtemp(prefix="kubetrain-launch-"))
+    try:
+        lock = acquire(run_dir)  # one run per run directory (the same job's pods share it)
+    except RunDirBusy as exc:
+        return Outcome(EXIT_RETRYABLE, "RunDirInUse", str(exc))
+    except OSError as exc:
+        return _run_dir_outcome(run_dir, exc)
+    launch_dir, owner_fd = make_launch_dir()
     os.environ[k.ENV_LAUNCH_DIR] = str(launch_dir)
     os.environ[k.ENV_RUN_DIR] = str(run_dir)
+    os.environ[k.ENV_LAUNCHER_PID] = str(os.getpid())  # workers die with this process
     # Workers report to the launch dir; the launcher alone writes the pod's termination log.
     os.environ[k.ENV_TERMINATION_LOG] = os.devnull
-    # From here SIGTERM/SIGINT become the agent's SignalException, also during rendezvous.
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # From here SIGTERM/SIGINT/SIGHUP become the agent's SignalException, also during rendezvous.
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _signal_to_exception)
     try:
         return run_agent(str(Path(args.spec).resolve()), run_dir, launch_dir,
                          job.spec.checkpoint.save_timeout_seconds, job.spec.elastic.rendezvous_timeout_seconds)
     finally:
         shutil.rmtree(launch_dir, ignore_errors=True)
+        os.close(owner_fd)
+        lock.release()
 
 
 if __name__ == "__main__":

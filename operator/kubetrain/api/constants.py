@@ -58,6 +58,9 @@ ENV_SPEC: Final = "KUBETRAIN_SPEC"
 ENV_RUN_DIR: Final = "KUBETRAIN_RUN_DIR"
 ENV_CHECKPOINT_DIR: Final = "KUBETRAIN_CHECKPOINT_DIR"
 ENV_LAUNCH_DIR: Final = "KUBETRAIN_LAUNCH_DIR"
+ENV_LAUNCHER_PID: Final = "KUBETRAIN_LAUNCHER_PID"  # workers die with this parent (lifeline)
+ENV_LOCAL_PID: Final = "KUBETRAIN_LOCAL_PID"  # `kubetrain local`'s PID: its launchers die with it
+ENV_RUN_LOCK_ID: Final = "KUBETRAIN_RUN_LOCK_ID"  # who may share the run directory (default PET_RDZV_ID)
 ENV_TERMINATION_LOG: Final = "KUBETRAIN_TERMINATION_LOG"
 ENV_METRICS_PORT: Final = "KUBETRAIN_METRICS_PORT"
 ENV_METRICS_HOST: Final = "KUBETRAIN_METRICS_HOST"
@@ -73,3 +76,4 @@ ENV_TRAINER_IMAGE: Final = "KUBETRAIN_TRAINER_IMAGE"
 ENV_PEAK_FLOPS: Final = "KUBETRAIN_PEAK_FLOPS"  # peak FLOP/s per device, for MFU where the table has none
 # --- files -----------------------------------------------------------------------------------
 TERMINATION_LOG: Final = "/dev/termination-log"
+RUN_LOCK_FILE: Final = ".kubetrain.lock"  # in the run directory: flock'ed by the run using it

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("kubetrain.cli.export", "consolidate a checkpoint's weights into safetensors (fp32, bf16, int8)"),
 }
 
+    "checkpoint": ("kubetrain.cli.checkpoint", "verify a run's checkpoints offline (sizes and checksums)"),
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Only the chosen subcommand's module is imported: `kubetrain crd` must not pay for

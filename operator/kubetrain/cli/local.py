@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kubetrain.api.constants import EXIT_INVALID_SPEC
+if TYPE_CHECKING:
+    from kubetrain.tools.localrun import LocalOptions
+    from kubetrain_trainer.runlock import RunLock
+
+from kubetrain.api.constants import EXIT_INVALID_SPEC, EXIT_RETRYABLE
 from kubetrain.api.specfile import SpecFileError, load_one
 from kubetrain.api.validate import validate_object
 
@@ -24,6 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics log, checkpoints and logs (default: ./runs/NAME); "
                         "running again with the same directory resumes")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _lock_run_dir(opts: LocalOptions) -> RunLock | None:
+    """Hold the run directory for this run (and its launchers), or say who holds it.  Our
+    launchers die with us (PR_SET_PDEATHSIG, SIGTERM: they stop after a checkpoint)."""
+    from kubetrain_trainer import lifeline
+    from kubetrain_trainer.runlock import RunDirBusy, acquire
+
+    me = os.getpid()
+    opts.lock_id = f"local-{socket.gethostname()}-{me}-{time.time_ns()}"
+    opts.preexec = functools.partial(lifeline.die_with_parent, me, signal.SIGTERM)
+    try:
+        return acquire(opts.run_dir, opts.lock_id)
+    except RunDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot use the run directory {opts.run_dir}: {exc}", file=sys.stderr)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir or Path("runs") / name,
     )
     opts.quiet = args.quiet
+    lock = _lock_run_dir(opts)
+    if lock is None:
+        return EXIT_RETRYABLE
     resuming = (opts.run_dir / "checkpoints").exists()
     print(f"kubetrain local: {name}: {opts.workers} worker(s) x {opts.procs_per_worker} process(es), "
           f"{job.spec.training.max_steps} steps, run directory {opts.run_dir}"

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -24,9 +25,11 @@ from typing import IO, Any
 from kubetrain.api import TrainingJob
 from kubetrain.api.constants import (
     ENV_CHECKPOINT_DIR,
+    ENV_LOCAL_PID,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
     ENV_RUN_DIR,
+    ENV_RUN_LOCK_ID,
     ENV_SPEC_FILE,
     ENV_TERMINATION_LOG,
     EXIT_INTERRUPTED,
@@ -42,6 +45,10 @@ class LocalOptions:
     procs_per_worker: int
     run_dir: Path
     quiet: bool = False
+    # Runs in each launcher before exec (cli/local.py: die with this process, PR_SET_PDEATHSIG).
+    preexec: Callable[[], None] | None = None
+    # Who may share the run directory's lock with us: our launchers (cli/local.py holds it).
+    lock_id: str = ""
 
 
 def free_port() -> int:
@@ -82,7 +89,10 @@ def launcher_env(job: TrainingJob, opts: LocalOptions, index: int, port: int, me
         ENV_METRICS_HOST: "127.0.0.1",
         ENV_TERMINATION_LOG: str((opts.run_dir / "logs" / f"termination-{index}.json").resolve()),
         "PYTHONUNBUFFERED": "1",
+        ENV_LOCAL_PID: str(os.getpid()),  # the launcher stops when this process is gone
     })
+    if opts.lock_id:
+        env[ENV_RUN_LOCK_ID] = opts.lock_id
     return env
 
 
@@ -202,15 +212,19 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The committed checkpoint the trainer's `latest` pointer names, if any."""
+    """The committed checkpoint the trainer's `latest` pointer names, if any (None also when the
+    checkpoint directory cannot be read: the failure message says why)."""
     root = run_dir / "checkpoints"
     pointer = root / "latest"
-    if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if target.exists():
-            return target
-    if pointer.is_symlink() or pointer.is_dir():
-        return pointer.resolve()
+    try:
+        if pointer.is_file():
+            target = root / pointer.read_text().strip()
+            if target.exists():
+                return target
+        if pointer.is_symlink() or pointer.is_dir():
+            return pointer.resolve()
+    except OSError:
+        return None
     return None
 
 
@@ -261,6 +275,7 @@ class LocalRun:
                 env=launcher_env(self.job, self.opts, i, port, metrics_ports[i]),
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us only; we decide what the workers get
+                preexec_fn=self.opts.preexec,  # and they die with us (SIGKILL of us or our group)
             ))
             log_file.close()
 
@@ -274,12 +289,26 @@ class LocalRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, sig)
 
+    def _on_hangup(self, _signum: int, _frame: Any) -> None:
+        """The terminal went away: stop like a first Ctrl-C (checkpoint), silently from now on."""
+        self.opts.quiet = True
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        self.out = devnull
+        sys.stdout = sys.stderr = devnull
+        if not self.interrupted:
+            self.interrupted = 1
+            for p in self.procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGTERM)
+
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     def wait(self) -> int:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, self._on_sigint)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         tail = MetricsTail(self.opts.run_dir / "metrics.jsonl")
         last_print = 0.0
         try:
@@ -300,6 +329,7 @@ class LocalRun:
         finally:
             signal.signal(signal.SIGINT, previous)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
         if self.tty and not self.opts.quiet:
             print(f"\r{self.progress.line()}\x1b[K", file=self.out, flush=True)
         codes = [p.returncode for p in self.procs]

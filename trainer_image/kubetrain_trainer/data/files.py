@@ -90,7 +90,20 @@ def _shard_files(path: Path) -> list[Path]:
     return files
 
 
+def _unreadable(path: str, e: OSError) -> DataError:
+    where = e.filename or path
+    return DataError(f"data.path {path}: cannot read {where}: {e.strerror or e} (errno {e.errno}); "
+                     "fix: make the data readable by the trainer (file mode, owner, volume mount)")
+
+
 def open_tokens(path: str, token_dtype: str, seq_len: int, seed: int) -> WindowedCorpus:
+    try:
+        return _open_tokens(path, token_dtype, seq_len, seed)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _open_tokens(path: str, token_dtype: str, seq_len: int, seed: int) -> WindowedCorpus:
     root = Path(path)
     dtype, vocab = np.dtype(token_dtype), None
     meta_file = (root if root.is_dir() else root.parent) / META
@@ -106,6 +119,13 @@ def open_tokens(path: str, token_dtype: str, seq_len: int, seed: int) -> Windowe
 
 
 def open_text(path: str, seq_len: int, seed: int) -> WindowedCorpus:
+    try:
+        return _open_text(path, seq_len, seed)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _open_text(path: str, seq_len: int, seed: int) -> WindowedCorpus:
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _TEXT_SUFFIXES)
