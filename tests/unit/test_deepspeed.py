@@ -27,10 +27,19 @@ REPO = Path(__file__).resolve().parents[2]
 DS = "spec.deepspeed"
 
 
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
 def spec(ds: dict[str, Any] | None = None, **typed: Any) -> api.TrainingJobSpec:
+    """A spec; a DeepSpeed config without batch keys gets training.globalBatchSize 8 unless the test
+    sets the batch itself (DeepSpeed needs a batch size: see test_no_batch_size_anywhere_is_rejected)."""
     body = dict(typed)
     if ds is not None:
         body["deepspeed"] = ds
+        training = dict(body.get("training") or {})
+        if ds and not any(k in ds for k in BATCH_KEYS) and "microBatchSize" not in training:
+            training.setdefault("globalBatchSize", 8)
+            body["training"] = training
     return api.TrainingJobSpec.model_validate(body)
 
 
@@ -77,8 +86,6 @@ def only_problem(s: api.TrainingJobSpec, path: str, *needles: str, world_size: i
         ({"train_micro_batch_size_per_gpu": 4}, on(2, 4), (32, 4, 1)),
         # nothing: Kubetrain's default global batch 8
         ({}, on(1, 1), (8, None, 1)),
-        # "auto" (Hugging Face Trainer placeholder) counts as not given
-        ({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}, on(2, 1), (8, None, 1)),
     ],
 )
 def test_batch_rule_and_derivations(ds: dict[str, Any], workers: dict[str, Any], expected: tuple[Any, ...]) -> None:
@@ -104,7 +111,7 @@ def test_all_three_must_agree_naming_the_keys() -> None:
     msg = only_problem(s, f"{DS}.train_batch_size", f"{DS}.train_batch_size=64",
                        f"{DS}.train_micro_batch_size_per_gpu=4", f"{DS}.gradient_accumulation_steps=2",
                        "world size 3", "= 24")
-    assert "set spec.deepspeed.train_batch_size to 24" in msg
+    assert "set spec.deepspeed.train_batch_size to a multiple of 12 such as 24" in msg
     # The same config is fine at 8 processes and wrong at 4 when asked explicitly.
     good = spec({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2})
     assert resolve(good, world_size=8).training.global_batch_size == 64
@@ -113,25 +120,32 @@ def test_all_three_must_agree_naming_the_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ds", "workers", "expected"),
-    [  # (global, micro, accumulation at the world size); uneven splits are exact in the trainer
-        ({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 4}, on(2, 4), (60, 4, 2)),  # 8 / 4
-        ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4}, on(2, 4), (16, 4, 1)),  # 2 < 4
-        ({"train_batch_size": 64, "gradient_accumulation_steps": 3}, on(2, 4), (64, 3, 3)),
-        ({"train_batch_size": 30}, on(2, 4), (30, None, 1)),
+    ("ds", "path", "needle", "elsewhere"),
+    [  # DeepSpeed's floor divisions at the job's size (8); (global, micro, accumulation) at world size 5
+        ({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 4}, "train_batch_size", "= 32", (60, 4, 3)),
+        ({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4}, "gradient_accumulation_steps",
+         "16 // 4 // 8 = 0", (16, 4, 1)),
+        ({"train_batch_size": 64, "gradient_accumulation_steps": 3}, "train_batch_size", "= 48", (64, 5, 3)),
+        ({"train_batch_size": 30}, "train_batch_size", "= 24", (30, 6, 1)),
     ],
 )
-def test_derivations_that_do_not_divide_are_fine(ds: dict[str, Any], workers: dict[str, Any],
-                                                  expected: tuple[int, int | None, int]) -> None:
-    res = analyse(spec(ds, workers=workers))
+def test_derivations_that_do_not_divide_are_deepspeeds_verdict(
+        ds: dict[str, Any], path: str, needle: str, elsewhere: tuple[int, int, int]) -> None:
+    """At the job's size DeepSpeed's arithmetic decides; an elastic run at another size splits exactly."""
+    s = spec(ds, workers=on(2, 4))
+    only_problem(s, f"{DS}.{path}", needle)
+    res = analyse(s, world_size=5)
     assert res.problems == []
     t = res.spec.training
-    assert (t.global_batch_size, t.micro_batch_size, res.gradient_accumulation_steps) == expected
+    assert (t.global_batch_size, t.micro_batch_size, res.gradient_accumulation_steps) == elsewhere
 
 
 def test_global_batch_smaller_than_the_world_size() -> None:
+    # DeepSpeed: micro = 6 // 8 = 0 -> rejected; Kubetrain's own rule says the same at another size
+    only_problem(spec({"train_batch_size": 6}, workers=on(2, 4)), f"{DS}.train_micro_batch_size_per_gpu",
+                 "computes to 0", "6 // 8 = 0", "at least 8")
     only_problem(spec({"train_batch_size": 6}, workers=on(2, 4)), f"{DS}.train_batch_size",
-                 "train_batch_size=6 is smaller than the world size 8", "at least 8")
+                 "train_batch_size=6 is smaller than the world size 9", "at least 9", world_size=9)
 
 
 def test_accumulation_alone_is_rejected_like_deepspeed() -> None:
@@ -290,8 +304,9 @@ def test_optimizer_params_and_deepspeed_defaults() -> None:
 @pytest.mark.parametrize(
     ("optimizer", "path", "needle"),
     [
-        ({"type": "Lamb"}, "type", "DeepSpeed optimizer 'Lamb' is not supported"),
-        ({"type": "OneBitAdam"}, "type", "'OneBitAdam' is not supported"),
+        ({"type": "Lamb"}, "type", "Lamb (LAMB: Adam with a per-layer trust ratio) is not supported"),
+        ({"type": "OneBitAdam"}, "type", "OneBitAdam (1-bit Adam"),
+        ({"type": "Lion"}, "type", "DeepSpeed optimizer 'Lion' is not supported"),
         ({"type": "Adagrad"}, "type", "'Adagrad' is not supported"),
         ({"type": "RMSprop"}, "type", "torch.optim.RMSprop is accepted by DeepSpeed but not supported"),
         ({"type": "Adamm"}, "type", "unknown optimizer type 'Adamm'"),
@@ -378,20 +393,65 @@ def test_auto_total_num_steps_is_max_steps() -> None:
     res = analyse(spec({"scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto"}}},
                        training={"maxSteps": 300}))
     assert res.problems == [] and res.spec.lr_schedule.params == {"total_num_steps": 300}
-    assert any("total_num_steps is \"auto\"" in n for n in res.notes)
+    assert res.auto == ["scheduler.params.total_num_steps"]
+
+
+def test_auto_takes_the_typed_fields_like_hugging_face() -> None:
+    """"auto" = the typed field (or its documented default), never DeepSpeed's in-section default."""
+    ds = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+          "gradient_clipping": "auto", "fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"},
+          "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"},
+          "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                    "weight_decay": "auto"}},
+          "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                                                           "warmup_num_steps": "auto", "total_num_steps": "auto"}}}
+    res = analyse(spec(ds, workers=on(2, 2), training={"globalBatchSize": 32, "microBatchSize": 4, "maxSteps": 50,
+                                                       "gradientClipping": 0.5},
+                       optimizer={"lr": 2e-4, "betas": [0.9, 0.95], "weightDecay": 0.1},
+                       precision={"dtype": "bf16"}, lrSchedule={"params": {"warmup_num_steps": 7}}))
+    assert res.problems == []
+    r = res.spec
+    assert (r.training.global_batch_size, r.training.micro_batch_size, res.gradient_accumulation_steps) == (32, 4, 2)
+    assert r.training.gradient_clipping == 0.5 and r.precision.dtype == "bf16"
+    assert (r.optimizer.lr, r.optimizer.betas, r.optimizer.eps, r.optimizer.weight_decay) == (2e-4, [0.9, 0.95],
+                                                                                            1e-8, 0.1)
+    assert r.lr_schedule.params == {"warmup_min_lr": 0.0, "warmup_max_lr": 2e-4, "warmup_num_steps": 7,
+                                    "total_num_steps": 50}
+    # Without typed values the autos take Kubetrain's defaults (3e-4, not FusedAdam's 1e-3).
+    bare = analyse(spec({"optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}}))
+    assert (bare.spec.optimizer.lr, bare.spec.optimizer.weight_decay) == (3e-4, 0.01)
+
+
+def test_auto_train_batch_size_needs_the_typed_global_batch() -> None:
+    msg = only_problem(spec({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}, workers=on(16)),
+                       f"{DS}.train_batch_size", "\"auto\"", "spec.training.globalBatchSize")
+    assert "8" not in msg  # never blames the default global batch
+    assert problems(spec({"train_batch_size": "auto"}, training={"globalBatchSize": 64}, workers=on(16))) == {}
+
+
+def test_no_batch_size_anywhere_is_rejected_like_deepspeed() -> None:
+    s = api.TrainingJobSpec.model_validate({"deepspeed": {"optimizer": {"type": "AdamW"}}})
+    only_problem(s, f"{DS}.train_batch_size", "DeepSpeed needs train_batch_size or train_micro_batch_size_per_gpu")
+
+
+def test_auto_fp16_bf16_without_a_typed_dtype_is_fp32_with_a_note() -> None:
+    res = analyse(spec({"fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}}))
+    assert res.problems == [] and res.spec.precision.dtype == "fp32"
+    assert any("takes spec.precision.dtype" in n for n in res.notes)
 
 
 def test_auto_placeholders_are_noted_once() -> None:
     res = analyse(spec({"train_batch_size": "auto", "gradient_clipping": "auto",
                         "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"},
-                        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}}))
+                        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}},
+                       training={"globalBatchSize": 8}))
     assert res.problems == []
     assert (res.spec.training.gradient_clipping, res.spec.optimizer.lr, res.spec.optimizer.weight_decay) == (
-        1.0, 1e-3, 0.0)
+        1.0, 3e-4, 0.01)
     auto = [n for n in res.notes if '"auto"' in n]
-    assert auto == ['"auto" (a Hugging Face Trainer placeholder) is treated as not set, so defaults apply, for '
-                    "spec.deepspeed.{train_batch_size, gradient_clipping, optimizer.params.lr, "
-                    "optimizer.params.weight_decay}"]
+    assert auto == ['"auto" (the Hugging Face convention) is taken from the typed fields for spec.deepspeed.'
+                    "{gradient_clipping, optimizer.params.lr, optimizer.params.weight_decay, train_batch_size, "
+                    "zero_optimization.reduce_bucket_size}: `kubetrain validate --explain` shows the values"]
 
 
 def test_warmup_decay_default_peak_is_noted() -> None:
@@ -530,11 +590,9 @@ UNSUPPORTED_CONFIG = {
 
 def test_unsupported_keys_listed_by_name() -> None:
     assert unsupported_keys(UNSUPPORTED_CONFIG) == [
-        "activation_checkpointing",
         "flops_profiler",
         "prescale_gradients",
         "optimizer.params.bias_correction",
-        "zero_optimization.offload_optimizer",
         "fp16.fp16_master_weights_and_grads",
         "train_batch_sizes",
     ]
@@ -544,10 +602,17 @@ def test_unsupported_keys_listed_by_name() -> None:
 
 def test_unsupported_keys_become_notes() -> None:
     notes = deepspeed_notes(spec(UNSUPPORTED_CONFIG))
-    assert f"{DS}.zero_optimization.offload_optimizer is not supported and is ignored" in notes
-    assert (f"{DS}.activation_checkpointing is not supported and is ignored "
-            "(use spec.training.activationCheckpointing)") in notes
+    assert f"{DS}.flops_profiler is not supported and is ignored" in notes
     assert f"{DS}.train_batch_sizes is not supported and is ignored (did you mean 'train_batch_size'?)" in notes
+    # a known key at an unsupported value: no "did you mean" that repeats the written name
+    assert f"{DS}.prescale_gradients=true is not supported (only false is) and is ignored" in notes
+    assert not any("did you mean 'prescale_gradients'" in n for n in notes)
+    # handled now: activation checkpointing (with a note for the knob) and CPU offload at stage 2
+    assert any(n.startswith(f"{DS}.activation_checkpointing.partition_activations=true has no equivalent")
+               for n in notes)
+    res = analyse(spec(UNSUPPORTED_CONFIG))
+    assert res.spec.training.activation_checkpointing is True
+    assert res.spec.parallelism.offload == api.OffloadSpec(device="cpu", pin_memory=True)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -561,7 +626,7 @@ def test_validate_cli_lists_unsupported_keys(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for key in unsupported_keys(UNSUPPORTED_CONFIG):
-        assert f"{f}: note: {DS}.{key} is not supported and is ignored" in "\n".join(lines), key
+        assert f"{f}: note: {DS}.{key}" in "\n".join(lines) and "is not supported" in result.stdout, key
     assert "steps_per_print" not in result.stdout and "overlap_comm" not in result.stdout
     assert lines[-1] == f"{f}: TrainingJob t is valid"
 
@@ -587,7 +652,7 @@ def test_validate_cli_rejects_bad_deepspeed_naming_keys(tmp_path: Path) -> None:
 def test_registered_with_validate() -> None:
     assert deepspeed_problems in validate.SEMANTIC_CHECKS
     assert len([c for c in validate.SEMANTIC_CHECKS if c.__name__ == "deepspeed_problems"]) == 1
-    probs = validate_object(job({"deepspeed": {"zero_optimization": {"stage": 7}}}))
+    probs = validate_object(job({"deepspeed": {"train_batch_size": 8, "zero_optimization": {"stage": 7}}}))
     assert [p.path for p in probs] == [f"{DS}.zero_optimization.stage"]
     assert all(p.fix for p in probs)
 

@@ -330,6 +330,18 @@ class SyncSpec(ApiModel):
     )
 
 
+class OffloadSpec(ApiModel):
+    device: Literal["none", "cpu"] | None = Field(
+        default=None,
+        description="cpu: keep parameter, gradient and optimizer-state shards in host memory and run the "
+        "optimizer step there (FSDP2 CPUOffloadPolicy; strategy zero2 or zero3). DeepSpeed "
+        "zero_optimization.offload_optimizer / offload_param. Default: none.",
+    )
+    pin_memory: bool | None = Field(
+        default=None, description="Page-locked host buffers for faster copies (GPU only). Default: true."
+    )
+
+
 class ParallelismSpec(ApiModel):
     strategy: Strategy | None = Field(
         default=None,
@@ -337,6 +349,9 @@ class ParallelismSpec(ApiModel):
         "parameters (DeepSpeed zero_optimization.stage 0-3). Default: ddp.",
     )
     sync: SyncSpec | None = Field(default=None, description="Gradient synchronisation. Default: allreduce.")
+    offload: OffloadSpec | None = Field(
+        default=None, description="CPU offload of the sharded training state. Default: none."
+    )
     tensor_parallel: int = Field(
         default=1, ge=1, le=1, description="Tensor-parallel degree (reserved; only 1 today)."
     )

@@ -39,7 +39,7 @@ class Resolution:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
-
+    auto: list[str] = field(default_factory=list)  # dotted DeepSpeed keys written as "auto"
 
 
 class Context:
@@ -52,6 +52,12 @@ class Context:
         self.ds: dict[str, Any] = normalise(raw, DS, self.auto) if isinstance(raw, Mapping) else {}
         self.nominal = world_size is None
         self.world = nominal_world_size(spec) if world_size is None else world_size
+        prefix = f"{DS}."
+        self.auto_keys = {p[len(prefix):] for p in self.auto if p.startswith(prefix)}
+
+    def is_auto(self, key: str) -> bool:
+        """Was the dotted DeepSpeed key written as "auto" (the Hugging Face placeholder)?"""
+        return key in self.auto_keys
 
     # -- generic ---------------------------------------------------------------------
 

@@ -82,7 +82,6 @@ NO_OP_KEYS: dict[str, tuple[Any, ...] | None] = {
     "prescale_gradients": (False,),
     "gradient_predivide_factor": (1, 1.0),
     "gradient_allreduce_op": ("mean",),
-    "sparse_gradients": (False,),
     "optimizer.legacy_fusion": _ANY,
     "optimizer.params.bias_correction": (True,),
     "optimizer.params.amsgrad": (False,),
@@ -112,7 +111,8 @@ NO_OP_KEYS: dict[str, tuple[Any, ...] | None] = {
             "stage3_module_granularity_threshold", "use_all_reduce_for_fetch_params",
             "stage3_use_all_reduce_for_fetch_params", "allgather_sequential", "stage3_allgather_sequential",
             "ignore_unused_parameters", "round_robin_gradients", "memory_efficient_linear",
-            "override_module_apply", "log_trace_cache_warnings", "enable_sanity_checks",
+            "override_module_apply", "log_trace_cache_warnings", "enable_sanity_checks", "compute_grad_norm",
+            "parameter_alignment",
         )
     },
 }
@@ -132,9 +132,8 @@ ZERO_KEYS = frozenset(
         "cpu_offload_use_pin_memory", "cpu_offload", "gather_16bit_weights_on_model_save",
         "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
         "legacy_stage1", "zero_hpz_partition_size", "zero_quantized_weights",
-        "zero_quantized_nontrainable_weights", "zero_quantized_gradients", "zeropp_loco_param",
-        "mics_shard_size", "mics_hierarchical_params_gather", "pipeline_loading_checkpoint",
-        "save_muon_momentum_buffer_in_memory", "leaf_module",
+        "zero_quantized_nontrainable_weights", "zero_quantized_gradients", "pipeline_loading_checkpoint",
+        "save_muon_momentum_buffer_in_memory", "leaf_module", "compute_grad_norm", "parameter_alignment",
     }
 )
 
@@ -177,13 +176,91 @@ KNOWN_TOP = sorted(
     {k.split(".", 1)[0] for k in MAPPED_KEYS | NO_OP_KEYS.keys()} | {"optimizer", "scheduler", "fp16", "bf16"}
 )
 HINTS = {
-    "activation_checkpointing": "use spec.training.activationCheckpointing",
-    "elasticity": "use spec.workers.minReplicas / maxReplicas",
     "checkpoint": "see spec.checkpoint",
-    "amp": "use fp16 or bf16",
     "torch_autocast": "use fp16 or bf16",
-    "tensor_parallel": "see spec.parallelism.tensorParallel",
+    "tensor_parallel": "tensor parallelism is spec.parallelism.tensorParallel",
+    "pipeline": "pipeline parallelism is not part of a DeepSpeed config in Kubetrain",
+    "comms_logger": "Kubetrain does not log collectives; torch.profiler shows them",
+    "wandb": "Kubetrain does not send to Weights & Biases; metrics go to metrics.jsonl, /metrics and "
+    "tensorboard / csv_monitor when enabled",
 }
 
 # Batch keys are strict integers (32.0 is rejected); DeepSpeed's pydantic int fields accept 16.0.
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+# Blocks DeepSpeed 0.19.8 refuses outright (runtime/config.py: removed features), with the reason in our words.
+REMOVED_TOP = {
+    "nebula": "Nebula checkpointing was removed from DeepSpeed",
+    "compression_training": "the DeepSpeed compression library was removed",
+    "amp": "the NVIDIA Apex AMP integration was removed (use fp16 or bf16)",
+    "quantize_training": "Mixture-of-Quantization (quantize_training) was removed",
+    "sparse_gradients": "sparse embedding-gradient compression was removed",
+    "eigenvalue": "eigenvalue-based Mixture-of-Quantization was removed",
+    "sparse_attention": "DeepSpeed Sparse Attention was removed",
+    "elasticity": "DeepSpeed elastic training was removed (Kubetrain's elasticity is spec.workers.minReplicas / "
+    "maxReplicas)",
+    "graph_harvesting": "graph harvesting was removed",
+    "curriculum_learning": "the top-level curriculum_learning block was removed (it lives under data_efficiency)",
+    "progressive_layer_drop": "Progressive Layer Dropping was removed",
+}
+REMOVED_ZERO = {
+    "mics_shard_size": "MiCS ZeRO-3 sharding was removed",
+    "mics_hierarchical_params_gather": "MiCS ZeRO-3 sharding was removed",
+    "zeropp_loco_param": "LoCo-ZeRO++ was removed",
+}
+
+# DeepSpeedZeroConfig's numeric fields and their bounds (pydantic: an integral float such as 2e8 is an int).
+ZERO_INT_FIELDS: dict[str, tuple[str, int]] = {
+    "reduce_bucket_size": (">", 0),
+    "allgather_bucket_size": (">=", 0),
+    "sub_group_size": (">=", 0),
+    "prefetch_bucket_size": (">=", 0), "stage3_prefetch_bucket_size": (">=", 0),
+    "param_persistence_threshold": (">=", 0), "stage3_param_persistence_threshold": (">=", 0),
+    "model_persistence_threshold": (">=", 0), "stage3_model_persistence_threshold": (">=", 0),
+    "max_live_parameters": (">=", 0), "stage3_max_live_parameters": (">=", 0),
+    "max_reuse_distance": (">=", 0), "stage3_max_reuse_distance": (">=", 0),
+    "zero_hpz_partition_size": (">=", 0),
+    "module_granularity_threshold": ("any", 0), "stage3_module_granularity_threshold": ("any", 0),
+}
+# "auto" values the Hugging Face integration fills from the model's hidden size h.
+ZERO_AUTO_FROM_HIDDEN = {
+    "reduce_bucket_size": lambda h: h * h,
+    "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+    "stage3_param_persistence_threshold": lambda h: 10 * h,
+}
+
+# zero_optimization.offload_optimizer / offload_param (DeepSpeed's offload configs, extra="forbid").
+OFFLOAD_OPTIMIZER_KEYS = frozenset(
+    {"device", "nvme_path", "buffer_count", "pin_memory", "pipeline_read", "pipeline_write", "fast_init", "ratio",
+     "super_offload", "cpuadam_cores_perc"}
+)
+OFFLOAD_PARAM_KEYS = frozenset({"device", "nvme_path", "buffer_count", "buffer_size", "max_in_cpu", "pin_memory"})
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+OFFLOAD_PIN_DEFAULT = True  # DeepSpeed 0.19's default for pin_memory
+# Offload knobs that change only how DeepSpeed moves the data (no-ops here) at their default values.
+OFFLOAD_NO_OP = {"buffer_count": None, "buffer_size": None, "max_in_cpu": None, "pipeline_read": (False,),
+                 "pipeline_write": (False,), "fast_init": (False,), "ratio": (1, 1.0), "super_offload": (False,),
+                 "cpuadam_cores_perc": None, "nvme_path": None}
+
+# The three spellings of "write 16-bit consolidated weights on save" (DeepSpeed aliases).
+GATHER_16BIT_KEYS = ("gather_16bit_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save",
+                     "stage3_gather_fp16_weights_on_model_save")
+
+# activation_checkpointing (DeepSpeedActivationCheckpointingConfig) and its defaults; the block turns on the
+# trainer's activation checkpointing, the knobs below have no equivalent at values other than these.
+ACTIVATION_CHECKPOINTING_DEFAULTS: dict[str, Any] = {
+    "partition_activations": False, "contiguous_memory_optimization": False, "cpu_checkpointing": False,
+    "number_checkpoints": None, "synchronize_checkpoint_boundary": False, "profile": False,
+}
+
+# Monitors (deepspeed/monitor/config.py, extra="forbid"): tensorboard and csv_monitor are written for real.
+MONITOR_KEYS = {
+    "tensorboard": frozenset({"enabled", "output_path", "job_name"}),
+    "csv_monitor": frozenset({"enabled", "output_path", "job_name"}),
+    "wandb": frozenset({"enabled", "group", "team", "project"}),
+    "comet": frozenset({"enabled", "samples_log_interval", "project", "workspace", "api_key", "experiment_name",
+                        "experiment_key", "online", "mode"}),
+}
+MONITOR_JOB_NAME_DEFAULT = "DeepSpeedJobName"
+# Sections that are handled (mapped, or accepted with a named note) rather than unsupported.
+HANDLED_SECTIONS = frozenset({"activation_checkpointing", "tensorboard", "csv_monitor"})

@@ -8,13 +8,19 @@ from typing import Any
 from kubetrain import api
 from kubetrain.api.deepspeed.batch import resolve_batch
 from kubetrain.api.deepspeed.context import Context, DeepSpeedConfigError, Resolution
-from kubetrain.api.deepspeed.keys import DS, KUBETRAIN_DEFAULTS, MAPPED_KEYS
+from kubetrain.api.deepspeed.features import (
+    resolve_activation_checkpointing,
+    resolve_gather_16bit,
+    resolve_monitors,
+)
+from kubetrain.api.deepspeed.keys import DS, KUBETRAIN_DEFAULTS
 from kubetrain.api.deepspeed.optimizer import resolve_clipping, resolve_optimizer
 from kubetrain.api.deepspeed.precision import resolve_precision
 from kubetrain.api.deepspeed.scheduler import resolve_schedule
-from kubetrain.api.deepspeed.unsupported import unsupported_keys, unsupported_note
+from kubetrain.api.deepspeed.unsupported import unsupported_items, unsupported_note
 from kubetrain.api.deepspeed.values import dedupe, is_int
-from kubetrain.api.deepspeed.zero import resolve_strategy
+from kubetrain.api.deepspeed.verdicts import cross_checks, removed_blocks
+from kubetrain.api.deepspeed.zero import resolve_offload, resolve_strategy
 from kubetrain.api.problems import Problem
 
 
@@ -22,14 +28,8 @@ def run(ctx: Context) -> Resolution:
     spec = ctx.spec
     if spec.deepspeed is not None and not isinstance(spec.deepspeed, Mapping):
         ctx.problem(DS, "must be an object (a DeepSpeed JSON config)", "write deepspeed: {...}")
-    prefix = f"{DS}."
-    auto = [p[len(prefix):] for p in ctx.auto if p.startswith(prefix)]
-    auto = [k for k in auto if (k in MAPPED_KEYS or k.startswith("scheduler.params."))
-            and k != "scheduler.params.total_num_steps"]
-    if auto:
-        ctx.notes.append(f"\"auto\" (a Hugging Face Trainer placeholder) is treated as not set, so defaults "
-                          f"apply, for {DS}.{{{', '.join(auto)}}}")
-    G, M, A, _ = resolve_batch(ctx)
+    removed_blocks(ctx)
+    batch = resolve_batch(ctx)
     clip = resolve_clipping(ctx)
     optimizer = resolve_optimizer(ctx)
     ds_opt = ctx.ds.get("optimizer")
@@ -37,28 +37,38 @@ def run(ctx: Context) -> Resolution:
     lr_given = spec.optimizer.lr is not None or (isinstance(ds_params, Mapping) and "lr" in ds_params)
     precision = resolve_precision(ctx)
     strategy = resolve_strategy(ctx)
+    offload = resolve_offload(ctx, strategy)
+    cross_checks(ctx, strategy)
     schedule = resolve_schedule(ctx, float(optimizer.lr or 0.0), optimizer.type or "AdamW", bool(lr_given))
+    checkpointing = resolve_activation_checkpointing(ctx)
+    resolve_monitors(ctx)
+    resolve_gather_16bit(ctx, precision.dtype or "fp32")
+    G, M, A = batch.global_batch, batch.micro, batch.accumulation
     if not ctx.nominal and M is None and not ctx.problems:
         M = -(-G // ctx.world)
     training = spec.training.model_copy(
-        update={"global_batch_size": G, "micro_batch_size": M, "gradient_clipping": clip}
+        update={"global_batch_size": G, "micro_batch_size": M, "gradient_clipping": clip,
+                "activation_checkpointing": checkpointing}
     )
-    parallelism = spec.parallelism.model_copy(update={"strategy": strategy})
+    parallelism = spec.parallelism.model_copy(update={"strategy": strategy, "offload": offload})
     resolved = spec.model_copy(deep=True).model_copy(
         update={"training": training, "optimizer": optimizer, "precision": precision,
                 "parallelism": parallelism, "lr_schedule": schedule}
     )
-    unsupported = unsupported_keys(spec.deepspeed or {})
-    notes = [unsupported_note(k) for k in unsupported] + ctx.notes
+    unsupported = unsupported_items(spec.deepspeed or {})
+    notes = [unsupported_note(k, v) for k, v in unsupported] + ctx.notes
+    if ctx.auto_keys:
+        notes.append(f"\"auto\" (the Hugging Face convention) is taken from the typed fields for {DS}."
+                     f"{{{', '.join(sorted(ctx.auto_keys))}}}: `kubetrain validate --explain` shows the values")
     if A is not None and ctx.ds.get("gradient_accumulation_steps") is not None and spec.workers.min != spec.workers.max:
         notes.append(f"{DS}.gradient_accumulation_steps={A} holds at {ctx.world} processes; when the job "
                      f"runs at another size the global batch ({G}) and micro batch stay and the accumulation "
                      "is derived again")
     return Resolution(
         spec=resolved, world_size=ctx.world, nominal=ctx.nominal, gradient_accumulation_steps=A,
-        problems=dedupe(ctx.problems), notes=notes, unsupported=unsupported,
+        problems=dedupe(ctx.problems), notes=notes, unsupported=[k for k, _ in unsupported],
+        auto=sorted(ctx.auto_keys),
     )
-
 
 
 def analyse(spec: api.TrainingJobSpec, world_size: int | None = None) -> Resolution:

@@ -18,6 +18,18 @@ from kubetrain.api.deepspeed.keys import (
 )
 from kubetrain.api.deepspeed.values import fmt, is_number, suggest
 
+# DeepSpeed optimizers people use that Kubetrain does not implement: what they are, what to use instead.
+ALTERNATIVES = {
+    "lamb": ("LAMB: Adam with a per-layer trust ratio", "use type AdamW (warm up longer if the batch is very "
+             "large), or remove the optimizer section"),
+    "onebitlamb": ("1-bit LAMB: LAMB with compressed communication", "use type AdamW; to compress gradient "
+                   "communication use spec.parallelism.sync.mode powerSGD"),
+    "onebitadam": ("1-bit Adam: Adam with 1-bit compressed communication", "use type Adam or AdamW; to compress "
+                   "gradient communication use spec.parallelism.sync.mode powerSGD"),
+    "zerooneadam": ("0/1 Adam: Adam with compressed, skipped communication", "use type Adam or AdamW; to "
+                    "communicate less use spec.parallelism.sync.mode powerSGD or localSGD"),
+}
+
 
 def resolve_clipping(ctx: Context) -> float:
     ds = ctx.number(f"{DS}.gradient_clipping", ctx.ds.get("gradient_clipping"), ge=0.0)
@@ -58,7 +70,9 @@ def resolve_optimizer(ctx: Context) -> api.OptimizerSpec:
         got = ctx.pick(f"spec.optimizer.{wire}", typed, f"{p}.{name}", ds_value)
         if got is not None:
             return got
-        return defaults.get(name, fallback) if sec is not None else fallback
+        # "auto" takes the typed field, i.e. Kubetrain's default here (not DeepSpeed's in-section one)
+        in_section = sec is not None and not ctx.is_auto(f"optimizer.params.{name}")
+        return defaults.get(name, fallback) if in_section else fallback
 
     d = KUBETRAIN_DEFAULTS
     sgd = opt_type == "SGD"
@@ -121,7 +135,10 @@ def _ds_optimizer(ctx: Context, type_: Any, params: dict[str, Any]) -> tuple[str
     if name == "SGD":
         _check_params(ctx, params, SGD_PARAMS, "torch.optim.SGD (DeepSpeed optimizer type SGD)")
         return "SGD", {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}, ""
-    if name in DEEPSPEED_OPTIMIZERS:
+    if name in ALTERNATIVES:
+        what, alternative = ALTERNATIVES[name]
+        ctx.problem(f"{base}.type", f"{type_} ({what}) is not supported by Kubetrain", alternative)
+    elif name in DEEPSPEED_OPTIMIZERS:
         ctx.problem(f"{base}.type", f"DeepSpeed optimizer '{type_}' is not supported by Kubetrain",
                      "use Adam, AdamW or SGD")
     elif name in TORCH_OPTIMIZERS:

@@ -52,6 +52,11 @@ def resolve_precision(ctx: Context) -> api.PrecisionSpec:
                          f"spec.precision.dtype={typed} contradicts {DS}.{key}.enabled={fmt(on)}",
                          "remove one of them or make them agree")
     dtype = typed or ("fp16" if fp16_on else "bf16" if bf16_on else KUBETRAIN_DEFAULTS["precision.dtype"])
+    autos = [f"{k}.enabled" for k in ("fp16", "bf16", "bfloat16") if ctx.is_auto(f"{k}.enabled")]
+    if autos and typed is None and fp16_on is None and bf16_on is None:
+        ctx.notes.append(f"{DS}.{{{', '.join(autos)}}} {'is' if len(autos) == 1 else 'are'} \"auto\", which "
+                         f"takes spec.precision.dtype, and that is not set: training runs in {dtype} (set "
+                         "spec.precision.dtype to bf16 or fp16 for mixed precision)")
     fp16 = fp16 or {}
     ds_vals = {
         "loss_scale": ctx.number(f"{DS}.fp16.loss_scale", fp16.get("loss_scale"), ge=0.0),

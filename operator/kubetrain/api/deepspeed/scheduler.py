@@ -42,10 +42,7 @@ def resolve_schedule(ctx: Context, base_lr: float, opt_type: str, lr_given: bool
             hint = suggest(raw_type, DS_SCHEDULERS)
             ctx.problem(f"{base}.type", f"unknown scheduler type '{raw_type}' (DeepSpeed rejects it)",
                          hint or f"use one of {', '.join(DS_SCHEDULERS)}")
-        if "total_num_steps" in [p.rsplit(".", 1)[-1] for p in ctx.auto if p.startswith(f"{base}.params.")]:
-            ds_params["total_num_steps"] = ctx.spec.training.max_steps
-            ctx.notes.append(f"{base}.params.total_num_steps is \"auto\": set to spec.training.maxSteps "
-                              f"({ctx.spec.training.max_steps}), as the Hugging Face Trainer does")
+        ds_params.update(_fill_autos(ctx, base_lr))
     type_ = ctx.pick("spec.lrSchedule.type", ls.type, f"{base}.type", ds_type)
     typed_params = normalise(ls.params, "spec.lrSchedule.params", []) if ls.params is not None else None
     params: dict[str, Any] = dict(ds_params)
@@ -97,3 +94,24 @@ def _schedule_notes(ctx: Context, type_: str, resolved: Mapping[str, Any], given
     if type_ == "OneCycle" and opt_type == "SGD" and resolved.get("cycle_momentum"):
         ctx.notes.append("OneCycle's cycle_momentum has no effect with SGD: DeepSpeed cycles Adam betas only "
                           "(it disables cycle_momentum for optimizers without betas)")
+
+
+def _fill_autos(ctx: Context, base_lr: float) -> dict[str, Any]:
+    """Scheduler "auto" params as the Hugging Face integration fills them: warmup_min_lr 0, warmup_max_lr the
+    optimizer lr, warmup_num_steps the typed warmup (else 0), total_num_steps training.maxSteps."""
+    typed = ctx.spec.lr_schedule.params or {}
+    fill: dict[str, Any] = {
+        "warmup_min_lr": 0.0,
+        "warmup_max_lr": base_lr,
+        "warmup_num_steps": typed.get("warmup_num_steps", 0),
+        "total_num_steps": ctx.spec.training.max_steps,
+    }
+    out: dict[str, Any] = {}
+    for key in sorted(k for k in ctx.auto_keys if k.startswith("scheduler.params.")):
+        name = key.rsplit(".", 1)[-1]
+        if name in fill:
+            out[name] = fill[name]
+        else:
+            ctx.problem(f"{DS}.{key}", "is \"auto\", which only warmup_min_lr, warmup_max_lr, warmup_num_steps "
+                        "and total_num_steps can be", "write a value")
+    return out
