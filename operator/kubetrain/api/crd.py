@@ -47,10 +47,9 @@ DERIVED_RULES: dict[str, tuple[api.CelRule, ...]] = {
     "ModelSpec": (
         api.CelRule(  # the trainer's attention splits dModel into nHeads heads
             rule=f"has(self.entrypoint) || {_D_MODEL} % {_N_HEADS} == 0",
+            # (no messageExpression with the values: the API server prices string(int) as unbounded)
             message="dModel must be divisible by nHeads (the preset's value where one is not given): "
             "choose dModel a multiple of nHeads",
-            message_expression=f"'dModel (' + string({_D_MODEL}) + ') must be divisible by nHeads (' + "
-            f"string({_N_HEADS}) + '): choose dModel a multiple of nHeads'",
             field_path=".dModel",
         ),
     ),
@@ -61,9 +60,8 @@ def _rules_of(cls: type[api.ApiModel]) -> list[dict[str, str]]:
     out = []
     for r in (*cls.cel_rules, *DERIVED_RULES.get(cls.__name__, ())):
         item = {"rule": r.rule, "message": r.message}
-        if r.message_expression:
-            item["messageExpression"] = r.message_expression
-        if r.field_path:
+        if r.field_path and not (cls is api.TrainingJob and r.field_path.startswith(".metadata")):
+            # (the API server takes no fieldPath into metadata: the schema declares none of its fields)
             item["fieldPath"] = r.field_path
         if r.reason:
             item["reason"] = r.reason

@@ -24,7 +24,6 @@ class CelRule(BaseModel):
 
     rule: str
     message: str
-    message_expression: str | None = None  # CEL giving the message (with values); `message` is the fallback
     field_path: str | None = None
     reason: str | None = None
 

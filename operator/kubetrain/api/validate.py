@@ -26,10 +26,11 @@ from kubetrain.api.constants import API_VERSION, KIND
 from kubetrain.api.crd import crd_schema
 from kubetrain.api.objectmeta import metadata_problems
 from kubetrain.api.problems import Problem, SpecError
+from kubetrain.api.tensorparallel import tp_problems
 
 # Checks beyond the schema, in order: spec -> problems. An explicit list (nothing registers itself).
 SemanticCheck = Callable[[api.TrainingJobSpec, dict[str, Any]], list[Problem]]
-SEMANTIC_CHECKS: tuple[SemanticCheck, ...] = (deepspeed.deepspeed_problems,)
+SEMANTIC_CHECKS: tuple[SemanticCheck, ...] = (deepspeed.deepspeed_problems, combination_problems, tp_problems)
 
 # Non-fatal remarks shown by `kubetrain validate` (e.g. unsupported DeepSpeed keys).
 NOTE_PROVIDERS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (deepspeed.note_provider,)
@@ -193,19 +194,9 @@ def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list
             continue
         if not ok:
             field = (path + rule.get("fieldPath", "")).lstrip(".")
-            what, _, fix = _message(rule, activation).partition(": ")
+            what, _, fix = rule["message"].partition(": ")
             problems.append(Problem(field, what, fix))
     return problems
-
-
-def _message(rule: dict[str, str], activation: dict[str, Any]) -> str:
-    expression = rule.get("messageExpression")
-    if expression:
-        try:
-            return str(_program(expression).evaluate(activation))
-        except Exception:  # the API server, too, falls back to `message`
-            pass
-    return rule["message"]
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -241,9 +232,10 @@ def admission_problems(obj: Any, old: dict[str, Any] | None = None) -> list[Prob
     if problems:
         return problems
     problems = metadata_problems(obj) + non_finite_problems(obj) + model_problems(obj)
-    typed = {p.path for p in problems}
-    # a field that already has a problem is not reported again by a rule about it
-    problems += [p for p in cel_problems(obj, old) if p.path not in typed]
+    # a field that already has a problem is not reported again by a rule about it (nor the name,
+    # which metadata_problems reports in the root rule's words)
+    typed = {p.path for p in problems} | {p.message for p in problems}
+    problems += [p for p in cel_problems(obj, old) if p.path not in typed and p.message not in typed]
     return _unique(problems)
 
 
