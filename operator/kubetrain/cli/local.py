@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kubetrain.api import TrainingJob
     from kubetrain.tools.localrun import LocalOptions
     from kubetrain_trainer.runlock import RunLock
 
@@ -53,6 +54,20 @@ def _lock_run_dir(opts: LocalOptions) -> RunLock | None:
     return None
 
 
+def _refusal(job: TrainingJob, opts: LocalOptions, *, explicit_run_dir: bool) -> str | None:
+    """A permanent reason not to start: the default run directory escaping ./runs (validation
+    makes the name a DNS label, so this is a second line of defence), or a CPU job that cannot
+    fit in this machine's memory (the planner's numbers)."""
+    from kubetrain.tools.memfit import available_memory_bytes, cpu_fit_problem
+
+    runs = Path("runs").resolve()
+    if not explicit_run_dir and not opts.run_dir.resolve().is_relative_to(runs):
+        return f"metadata.name: the run directory {opts.run_dir} is outside ./runs; fix: rename the job"
+    if job.spec.workers.gpus_per_worker == 0:
+        return cpu_fit_problem(job.spec, opts.workers * opts.procs_per_worker, available_memory_bytes())
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         obj = load_one(args.file)
@@ -83,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir or Path("runs") / name,
     )
     opts.quiet = args.quiet
+    refusal = _refusal(job, opts, explicit_run_dir=args.run_dir is not None)
+    if refusal:  # before any process starts or any directory is made
+        print(f"{args.file}: {refusal}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
     lock = _lock_run_dir(opts)
     if lock is None:
         return EXIT_RETRYABLE
