@@ -45,9 +45,9 @@ def bare_loop(cfg: config.JobConfig, device: torch.device, steps: int, warmup: i
     par = Parallelized(built.module, built.module, "ddp", list(dict.fromkeys(built.module.parameters())))
     opt = build_optimizer(par, cfg.optimizer, device)
     plan = make_plan(cfg.precision, "ddp", device)
-    g = cfg.training.global_batch_size
+    g = cfg.global_batch_size
     micro = cfg.training.micro_batch_size or g
-    data = torch.randint(0, cfg.model.vocab_size, (g // micro, micro, cfg.model.seq_len + 1), device=device)
+    data = torch.randint(0, cfg.shape.vocab_size, (g // micro, micro, cfg.shape.seq_len + 1), device=device)
     times = []
     for i in range(warmup + steps):
         _sync(device)
@@ -57,8 +57,8 @@ def bare_loop(cfg: config.JobConfig, device: torch.device, steps: int, warmup: i
                 logits = built.module(data[m, :, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), data[m, :, 1:].flatten())
             (loss / (g // micro)).backward()
-        if cfg.training.gradient_clipping > 0:
-            torch.nn.utils.clip_grad_norm_(par.params, cfg.training.gradient_clipping, foreach=True)
+        if cfg.gradient_clipping > 0:
+            torch.nn.utils.clip_grad_norm_(par.params, cfg.gradient_clipping, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
@@ -103,7 +103,7 @@ def main() -> None:
     }
     cfg = config.from_spec(spec)
     os.environ.setdefault("KUBETRAIN_METRICS_PORT", "0")
-    ctx = distributed.init(cfg.workers.gpus_per_worker, 600)
+    ctx = distributed.init(cfg.gpus_requested, 600)
     bare: list[float] = []
     ours: list[float] = []
     for _ in range(args.rounds):  # interleave so drift in machine load hits both equally

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from kubetrain_trainer.config import DataConfig
+from kubetrain.api import DataSpec
 from kubetrain_trainer.data import SyntheticCorpus, make_plan, open_corpus, prepare_data
 from kubetrain_trainer.errors import DataError, SpecError
 
@@ -52,7 +52,7 @@ def test_prepare_data_and_token_shards(tmp_path) -> None:  # type: ignore[no-unt
     assert isinstance(shards, list) and isinstance(num_tokens, int)
     assert len(shards) == math.ceil(num_tokens / 1000)
     assert json.loads((tmp_path / "shards" / "metadata.json").read_text())["dtype"] == "uint16"
-    corpus = open_corpus(DataConfig("tokens", str(tmp_path / "shards")), vocab_size=256, seq_len=16, seed=0)
+    corpus = open_corpus(DataSpec(type="tokens", path=str(tmp_path / "shards")), vocab_size=256, seq_len=16, seed=0)
     stream = np.concatenate([np.fromfile(text / "a.txt", np.uint8), np.fromfile(text / "b.md", np.uint8)])
     n = (len(stream) - 1) // 16
     batch = corpus.get(range(5))
@@ -64,21 +64,21 @@ def test_prepare_data_and_token_shards(tmp_path) -> None:  # type: ignore[no-unt
     epoch0 = {tuple(r) for r in corpus.get(range(n_train))}
     assert len(epoch0) == n_train  # a permutation: no window twice per epoch
     with pytest.raises(DataError, match="vocabulary"):
-        open_corpus(DataConfig("tokens", str(tmp_path / "shards")), vocab_size=100, seq_len=16, seed=0)
+        open_corpus(DataSpec(type="tokens", path=str(tmp_path / "shards")), vocab_size=100, seq_len=16, seed=0)
 
 
 def test_text_and_uint32_shards(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "t.txt").write_text("abcdefgh" * 50)
-    corpus = open_corpus(DataConfig("text", str(tmp_path / "t.txt")), vocab_size=256, seq_len=8, seed=1)
+    corpus = open_corpus(DataSpec(type="text", path=str(tmp_path / "t.txt")), vocab_size=256, seq_len=8, seed=1)
     assert bytes(corpus.get([0])[0].astype(np.uint8)[:8]) == b"abcdefgh"
     d = tmp_path / "u32"
     d.mkdir()
     np.arange(70000, 70000 + 100, dtype=np.uint32).tofile(d / "s.bin")
-    c32 = open_corpus(DataConfig("tokens", str(d), token_dtype="uint32"), vocab_size=None, seq_len=9, seed=0)
+    c32 = open_corpus(DataSpec(type="tokens", path=str(d), token_dtype="uint32"), vocab_size=None, seq_len=9, seed=0)
     row = c32.get([0])[0]
     assert row.min() >= 70000 and np.all(np.diff(row) == 1)
     with pytest.raises(DataError, match="too few"):
-        open_corpus(DataConfig("text", str(tmp_path / "t.txt")), vocab_size=256, seq_len=1000, seed=0)
+        open_corpus(DataSpec(type="text", path=str(tmp_path / "t.txt")), vocab_size=256, seq_len=1000, seed=0)
 
 
 def test_loader_prefetches_and_surfaces_errors() -> None:

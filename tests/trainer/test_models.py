@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kubetrain_trainer import fp8
-from kubetrain_trainer.config import PRESETS, ModelConfig
+from kubetrain.api import ModelSpec
+from kubetrain.api.modelsize import PRESETS
 from kubetrain_trainer.errors import ModelError, SpecError
 from kubetrain_trainer.models import GPT, build_model
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.trainer
 
 def test_gpt_forward_tied_and_causal() -> None:
     torch.manual_seed(0)
-    built = build_model(ModelConfig())
+    built = build_model(ModelSpec())
     m = built.module
     assert isinstance(m, GPT)
     assert m.head.weight is m.tok_emb.weight  # tied
@@ -25,7 +26,7 @@ def test_gpt_forward_tied_and_causal() -> None:
     x2 = x.clone()
     x2[:, 10:] = 0
     torch.testing.assert_close(m(x2)[:, :10], y[:, :10])  # causal: the future does not leak
-    untied = build_model(ModelConfig(tie_embeddings=False))
+    untied = build_model(ModelSpec(tie_embeddings=False))
     assert untied.n_params > built.n_params
     assert len(built.blocks) == 2 and built.flops_per_token and built.flops_per_token > 6 * 0.1e6
 
@@ -40,7 +41,7 @@ def test_preset_sizes(preset: str, millions: int) -> None:
 
 
 def test_entrypoint_model_and_errors() -> None:
-    built = build_model(ModelConfig(entrypoint="tests.trainer.entry_models:tiny_lm", entrypoint_args={"d": 16}))
+    built = build_model(ModelSpec(entrypoint="tests.trainer.entry_models:tiny_lm", entrypoint_args={"d": 16}))
     assert len(built.blocks) == 2 and built.flops_per_token is None
     assert built.module(torch.randint(0, 256, (1, 4))).shape == (1, 4, 256)
     cases = {
@@ -51,10 +52,10 @@ def test_entrypoint_model_and_errors() -> None:
     }
     for entry, needle in cases.items():
         with pytest.raises(ModelError, match=r"model\.entrypoint") as err:
-            build_model(ModelConfig(entrypoint=entry))
+            build_model(ModelSpec(entrypoint=entry))
         assert needle in str(err.value) and err.value.exit_code == 65
     with pytest.raises(ModelError, match="entrypointArgs"):
-        build_model(ModelConfig(entrypoint="tests.trainer.entry_models:tiny_lm", entrypoint_args={"bogus": 1}))
+        build_model(ModelSpec(entrypoint="tests.trainer.entry_models:tiny_lm", entrypoint_args={"bogus": 1}))
 
 
 def test_fp8_requires_a_capable_gpu() -> None:

@@ -217,15 +217,16 @@ def test_spec_errors_name_the_field() -> None:
     from kubetrain_trainer.errors import SpecError
 
     bad = {"parallelism": {"sync": {"mode": "powerSGD", "powerSGD": {"startStep": 1}}}}
-    with pytest.raises(SpecError, match=r"spec\.parallelism\.sync\.powerSGD\.startStep must be >= 2") as err:
+    with pytest.raises(SpecError, match=r"spec\.parallelism\.sync\.powerSGD\.startStep: must be >= 2") as err:
         config.from_spec(bad)
     assert err.value.exit_code == 64
     with pytest.raises(SpecError, match="strategy ddp") as err:
         config.from_spec({"parallelism": {"strategy": "zero2", "sync": {"mode": "localSGD"}}})
     assert err.value.exit_code == 64
     cfg = config.from_spec({"parallelism": {"sync": {"mode": "diloco", "diloco": {"syncEvery": 3}}}})
-    assert (cfg.parallel.sync_mode, cfg.parallel.sync.diloco_sync_every) == ("diloco", 3)
-    assert (cfg.parallel.sync.diloco_outer_lr, cfg.parallel.sync.diloco_outer_momentum) == (0.7, 0.9)
+    diloco = cfg.sync.diloco
+    assert diloco is not None and (cfg.sync_mode, diloco.sync_every) == ("diloco", 3)
+    assert (diloco.outer_lr, diloco.outer_momentum) == (0.7, 0.9)  # the model's defaults
 
 
 def test_diloco_resume_mid_period_is_exact() -> None:

@@ -41,8 +41,8 @@ def _reference_grad_norm(spec: dict[str, Any]) -> float:
     built = build_model(cfg.model)
     from kubetrain_trainer.data import SyntheticCorpus
 
-    corpus = SyntheticCorpus(cfg.model.vocab_size, cfg.model.seq_len, cfg.training.seed)
-    batch = torch.from_numpy(corpus.get(range(cfg.training.global_batch_size)))
+    corpus = SyntheticCorpus(cfg.shape.vocab_size, cfg.shape.seq_len, cfg.training.seed)
+    batch = torch.from_numpy(corpus.get(range(cfg.global_batch_size)))
     logits = built.module(batch[:, :-1])
     F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).backward()
     grads = [p.grad for p in dict.fromkeys(built.module.parameters()) if p.grad is not None]

@@ -81,7 +81,8 @@ def test_presets_equal_the_trainers_table() -> None:
     """The trainer reads kubetrain.api.modelsize's table: one copy, so `plan` describes what it builds."""
     from kubetrain_trainer import config  # pure Python, no torch
 
-    assert config.PRESETS is PRESETS and config.PRESETS == PRESETS
+    for preset in PRESETS:
+        assert config.from_spec({"model": {"preset": preset}}).shape == gpt_size(preset)
 
 
 def test_flops_per_token_is_6n_plus_attention() -> None:
@@ -104,11 +105,12 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
 )
 def test_count_equals_the_trainers_module(sizes: dict[str, Any]) -> None:
     torch = pytest.importorskip("torch")
-    from kubetrain_trainer.config import ModelConfig
     from kubetrain_trainer.models import build_model
 
+    from kubetrain.api import ModelSpec
+
     with torch.device("meta"):  # no memory, instant even for 1.3B
-        built = build_model(ModelConfig(**sizes, preset=None))
+        built = build_model(ModelSpec(**sizes))
     model = built.module
     n = sum(p.numel() for p in model.parameters())
     assert gpt_param_count(**sizes) == n == built.n_params

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.load(args.spec)
         run_dir = run_dir_for(cfg.name, args.run_dir)
-        ctx = distributed.init(cfg.workers.gpus_per_worker, cfg.elastic.collective_timeout_seconds)
+        ctx = distributed.init(cfg.gpus_requested, cfg.elastic.collective_timeout_seconds)
         from .checkpoint import Checkpointer, checkpoint_root
         from .engine import Trainer
         from .faults import Faults, poison_params

@@ -91,42 +91,40 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         t = cfg.training
 
-        self.precision = make_precision_plan(cfg.precision, cfg.parallel.strategy, ctx.device)
-        if cfg.precision.dtype == "fp8":
+        self.precision = make_precision_plan(cfg.precision, cfg.strategy, ctx.device)
+        if cfg.dtype == "fp8":
             fp8.check_supported(ctx.device)
-        check_combination(cfg.parallel.strategy, cfg.precision.dtype)
-        self.batch_plan = make_plan(t.global_batch_size, t.micro_batch_size, ctx.world_size, ctx.rank)
+        check_combination(cfg.strategy, cfg.dtype)
+        self.batch_plan = make_plan(cfg.global_batch_size, t.micro_batch_size, ctx.world_size, ctx.rank)
         try:
-            self.schedule: LRSchedule = make_schedule(
-                cfg.schedule.type or "Constant", cfg.schedule.params, base_lr=cfg.optimizer.lr
-            )
+            self.schedule: LRSchedule = make_schedule(cfg.schedule_type, cfg.schedule.params or {}, base_lr=cfg.lr)
         except ScheduleError as e:
             raise SpecError(f"spec.lrSchedule.{'type' if e.key == 'type' else 'params.' + e.key}: {e.message}") from None
 
         # Data before the model: a missing path fails fast, before an expensive model build.
-        corpus = open_corpus(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len, seed=t.seed)
+        corpus = open_corpus(cfg.data, vocab_size=cfg.shape.vocab_size, seq_len=cfg.shape.seq_len, seed=t.seed)
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         with torch.device(ctx.device):
             built = build_model(cfg.model)
-        if cfg.precision.dtype == "fp8":
+        if cfg.dtype == "fp8":
             self.fp8_impl = fp8.convert(built.module)
         self.built = built
         self.par = parallelize(
-            built, cfg.parallel.strategy, self.precision, ctx,
+            built, cfg.strategy, self.precision, ctx,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile,
-            replicate_only=replicate_only(cfg.parallel.sync_mode),
+            replicate_only=replicate_only(cfg.sync_mode),
         )
         self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
         # How replicas stay in sync (sync.py); its state_dict() is part of the resume state.
-        self.syncer = make_syncer(cfg.parallel, self.par, ctx, self.precision, self.batch_plan.accum_steps)
+        self.syncer = make_syncer(cfg.sync, self.par, ctx, self.precision, self.batch_plan.accum_steps)
         torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
 
         self.loader = Loader(corpus, self.batch_plan, ctx.device)
         n_devices = ctx.world_size  # peak_flops: None on CPU unless $KUBETRAIN_PEAK_FLOPS declares one
         self.throughput = Throughput(
-            t.global_batch_size * built.seq_len, built.flops_per_token,
-            peak_flops(ctx.device, cfg.precision.dtype), n_devices,
+            cfg.global_batch_size * built.seq_len, built.flops_per_token,
+            peak_flops(ctx.device, cfg.dtype), n_devices,
         )
         self.progress = Progress(t.max_steps, ctx.world_size, trainingjob=cfg.name,
                                  checkpoint_interval=cfg.checkpoint.interval_steps, device=ctx.device.type)
@@ -147,16 +145,16 @@ class Trainer:
         if ctx.is_main:
             log.info(
                 "model %.2fM params, strategy %s, %s, world %d, global batch %d = %d x micro %d x accum %d",
-                built.n_params / 1e6, cfg.parallel.strategy, cfg.precision.dtype, ctx.world_size,
-                t.global_batch_size, ctx.world_size, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
+                built.n_params / 1e6, cfg.strategy, cfg.dtype, ctx.world_size,
+                cfg.global_batch_size, ctx.world_size, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
             )
             if not self.batch_plan.even:
                 log.info(
                     "uneven split: %d samples per rank on ranks < %d, %d on the others; micro-batches of at "
                     "most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
-                    -(-t.global_batch_size // ctx.world_size), t.global_batch_size % ctx.world_size or ctx.world_size,
-                    t.global_batch_size // ctx.world_size, self.batch_plan.micro_batch, ctx.world_size,
-                    t.global_batch_size,
+                    -(-cfg.global_batch_size // ctx.world_size), cfg.global_batch_size % ctx.world_size or ctx.world_size,
+                    cfg.global_batch_size // ctx.world_size, self.batch_plan.micro_batch, ctx.world_size,
+                    cfg.global_batch_size,
                 )
 
     # ------------------------------------------------------------------ one step
@@ -233,7 +231,7 @@ class Trainer:
         self._check_non_finite(loss_ok, grad_ok)
         if not skip:
             coef = 1.0 / scale
-            clip = self.cfg.training.gradient_clipping
+            clip = self.cfg.gradient_clipping
             if clip > 0 and grad_norm > clip:
                 coef *= clip / (grad_norm + 1e-6)
             if coef != 1.0:
@@ -349,14 +347,14 @@ class Trainer:
         return {
             "step": self.step,
             "applied_steps": self.applied_steps,
-            "consumed_samples": self.step * self.cfg.training.global_batch_size,
+            "consumed_samples": self.step * self.cfg.global_batch_size,
             "consecutive_non_finite": self.consecutive_non_finite,
             "scaler": self.precision.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
         }
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
-        g = self.cfg.training.global_batch_size
+        g = self.cfg.global_batch_size
         if state["consumed_samples"] % g:
             raise SpecError(
                 f"cannot resume: {state['consumed_samples']} samples consumed is not a multiple of "

@@ -8,7 +8,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from .config import OptimizerConfig
+from kubetrain.api import OptimizerSpec
+
+from .config import resolved
 from .parallel import Parallelized
 
 _CLASSES: dict[str, type[torch.optim.Optimizer]] = {
@@ -18,12 +20,14 @@ _CLASSES: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def optimizer_kwargs(cfg: OptimizerConfig, device: torch.device) -> dict[str, Any]:
-    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+def optimizer_kwargs(cfg: OptimizerSpec, device: torch.device) -> dict[str, Any]:
+    """torch keyword arguments of a resolved ``spec.optimizer`` (``kubetrain.api.deepspeed.resolve``
+    filled every field)."""
+    kw: dict[str, Any] = {"lr": resolved(cfg.lr, "optimizer.lr"), "weight_decay": cfg.weight_decay}
     if cfg.type == "SGD":
         kw.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
     else:
-        kw.update(betas=cfg.betas, eps=cfg.eps)
+        kw.update(betas=tuple(resolved(cfg.betas, "optimizer.betas")), eps=cfg.eps)
     if device.type == "cuda":
         kw["fused"] = True
     else:
@@ -41,13 +45,14 @@ def param_groups(par: Parallelized, weight_decay: float) -> list[dict[str, Any]]
     return groups
 
 
-def build_optimizer(par: Parallelized, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    cls = _CLASSES[cfg.type]
+def build_optimizer(par: Parallelized, cfg: OptimizerSpec, device: torch.device) -> torch.optim.Optimizer:
+    cls = _CLASSES[resolved(cfg.type, "optimizer.type")]
     kw = optimizer_kwargs(cfg, device)
-    groups = param_groups(par, cfg.weight_decay)
+    weight_decay = resolved(cfg.weight_decay, "optimizer.weightDecay")
+    groups = param_groups(par, weight_decay)
     if par.strategy == "zero1" and dist.get_world_size() > 1:
         kw.pop("weight_decay")
-        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=cls, weight_decay=cfg.weight_decay, **kw)
+        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=cls, weight_decay=weight_decay, **kw)
         for g in groups[1:]:
             zero.add_param_group(g)
         return zero

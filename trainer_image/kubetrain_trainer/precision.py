@@ -12,9 +12,10 @@ from typing import Any, Protocol
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
+from kubetrain.api import PrecisionSpec
 from kubetrain_trainer.loss_scale import LossScaleConfigError, LossScaler
 
-from .config import PrecisionConfig
+from .config import resolved
 from .errors import SpecError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
@@ -49,18 +50,19 @@ class UnitScaler:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
-def make_scaler(cfg: PrecisionConfig, strategy: str = "zero1") -> Scaler:
-    """Strategy ddp (ZeRO stage 0) gets DeepSpeed's stage-0 loss-scale rule, the others its ZeRO one."""
+def make_scaler(cfg: PrecisionSpec, strategy: str = "zero1") -> Scaler:
+    """The loss scaler of a resolved ``spec.precision`` (fp16: ``kubetrain.api.deepspeed.resolve``
+    filled every loss-scale field). Strategy ddp (ZeRO stage 0) gets DeepSpeed's stage-0 rule."""
     if cfg.dtype != "fp16":
         return UnitScaler()
     try:
         return LossScaler.from_config(
-            loss_scale=cfg.loss_scale,
-            initial_scale_power=cfg.initial_scale_power,
-            loss_scale_window=cfg.loss_scale_window,
-            hysteresis=cfg.hysteresis,
-            consecutive_hysteresis=cfg.consecutive_hysteresis,
-            min_loss_scale=cfg.min_loss_scale,
+            loss_scale=resolved(cfg.loss_scale, "precision.lossScale"),
+            initial_scale_power=resolved(cfg.initial_scale_power, "precision.initialScalePower"),
+            loss_scale_window=resolved(cfg.loss_scale_window, "precision.lossScaleWindow"),
+            hysteresis=resolved(cfg.hysteresis, "precision.hysteresis"),
+            consecutive_hysteresis=resolved(cfg.consecutive_hysteresis, "precision.consecutiveHysteresis"),
+            min_loss_scale=resolved(cfg.min_loss_scale, "precision.minLossScale"),
             zero_stage=0 if strategy == "ddp" else 1,
         )
     except LossScaleConfigError as e:
@@ -90,10 +92,11 @@ class PrecisionPlan:
         return torch.autocast(self.device_type, dtype=self.compute_dtype)
 
 
-def make_plan(cfg: PrecisionConfig, strategy: str, device: torch.device) -> PrecisionPlan:
+def make_plan(cfg: PrecisionSpec, strategy: str, device: torch.device) -> PrecisionPlan:
+    dtype = resolved(cfg.dtype, "precision.dtype")
     return PrecisionPlan(
-        dtype=cfg.dtype,
-        compute_dtype=_DTYPES.get(cfg.dtype),
+        dtype=dtype,
+        compute_dtype=_DTYPES.get(dtype),
         use_fsdp_policy=strategy in ("zero2", "zero3"),
         scaler=make_scaler(cfg, strategy),
         device_type=device.type,

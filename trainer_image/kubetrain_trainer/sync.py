@@ -41,7 +41,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import ParallelConfig
+from kubetrain.api import DiLoCoSpec, LocalSGDSpec, PowerSGDSpec, SyncSpec
+
 from .distributed import DistContext
 from .parallel import Parallelized
 from .precision import PrecisionPlan, Scaler
@@ -370,14 +371,14 @@ class PowerSGD(Syncer):
         self._seen_iter = st.iter
 
 
-def make_syncer(
-    cfg: ParallelConfig, par: Parallelized, ctx: DistContext, plan: PrecisionPlan, accum_steps: int
-) -> Syncer:
-    s = cfg.sync
-    if cfg.sync_mode == "localSGD":
-        return LocalSGD(par, ctx, s.local_sgd_sync_every)
-    if cfg.sync_mode == "diloco":
-        return DiLoCo(par, ctx, s.diloco_sync_every, s.diloco_outer_lr, s.diloco_outer_momentum)
-    if cfg.sync_mode == "powerSGD":
-        return PowerSGD(par, ctx, s.power_sgd_rank, s.power_sgd_start_step, plan.scaler)
+def make_syncer(sync: SyncSpec, par: Parallelized, ctx: DistContext, plan: PrecisionPlan, accum_steps: int) -> Syncer:
+    """The syncer of ``spec.parallelism.sync``; absent settings objects take their models' defaults."""
+    if sync.mode == "localSGD":
+        return LocalSGD(par, ctx, (sync.local_sgd or LocalSGDSpec()).sync_every)
+    if sync.mode == "diloco":
+        d = sync.diloco or DiLoCoSpec()
+        return DiLoCo(par, ctx, d.sync_every, d.outer_lr, d.outer_momentum)
+    if sync.mode == "powerSGD":
+        p = sync.power_sgd or PowerSGDSpec()
+        return PowerSGD(par, ctx, p.rank, p.start_step, plan.scaler)
     return Syncer(par, ctx, allreduce_step_bytes(par, plan, accum_steps))

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubetrain.api.models import ModelSpec
 
 # name -> sizes; the same keys as TrainingJob spec.model (snake_case). The trainer's PRESETS.
 PRESETS: dict[str, dict[str, int]] = {
@@ -48,6 +52,16 @@ def gpt_size(preset: str | None = None, *, tie_embeddings: bool = True, **sizes:
     if unknown:
         raise TypeError(f"unknown GPT size(s): {', '.join(sorted(unknown))}")
     return GPTSize(tie_embeddings=tie_embeddings, **base)
+
+
+def model_shape(model: ModelSpec) -> GPTSize:
+    """`spec.model`'s sizes: its preset (default tiny) with the explicit sizes overriding it. For an
+    entrypoint model only seqLen and vocabSize mean something (the data's sample length and the
+    synthetic corpus' vocabulary); the GPT sizes are the default preset's."""
+    return gpt_size(
+        model.preset, tie_embeddings=model.tie_embeddings, n_layers=model.n_layers, n_heads=model.n_heads,
+        d_model=model.d_model, vocab_size=model.vocab_size, seq_len=model.seq_len,
+    )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from kubetrain import api
 from kubetrain.api import deepspeed
+from kubetrain.api.combinations import combination_problems
 from kubetrain.api.constants import API_VERSION, KIND
 from kubetrain.api.crd import crd_schema
 from kubetrain.api.objectmeta import metadata_problems

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..config import DataConfig
+from kubetrain.api import DataSpec
+
 from ..errors import DataError, SpecError
 from .batches import BatchPlan, Corpus
 from .files import WindowedCorpus, open_text, open_tokens, prepare_data
@@ -34,13 +35,14 @@ __all__ = [
 ]
 
 
-def open_corpus(cfg: DataConfig, *, vocab_size: int | None, seq_len: int, seed: int) -> Corpus:
+def open_corpus(cfg: DataSpec, *, vocab_size: int | None, seq_len: int, seed: int) -> Corpus:
     corpus: Corpus
     if cfg.type == "synthetic":
         if vocab_size is None:
             raise DataError("data.type synthetic needs a model with a known vocabulary (set model.vocabSize)")
         return SyntheticCorpus(vocab_size, seq_len, seed)
-    assert cfg.path is not None
+    if cfg.path is None:  # the CRD's CEL rule refuses this at apply; a worker started by hand may not
+        raise SpecError(f"spec.data.path is required when spec.data.type is {cfg.type}")
     if cfg.type == "tokens":
         corpus = open_tokens(cfg.path, cfg.token_dtype, seq_len, seed)
     else:

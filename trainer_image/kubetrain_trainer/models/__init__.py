@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubetrain.api.modelsize import GPTSize, gpt_flops_per_token
+from kubetrain.api import ModelSpec
+from kubetrain.api.modelsize import gpt_flops_per_token, model_shape
 
-from ..config import ModelConfig
 from ..errors import ModelError
 from .gpt import GPT, GPTConfig
 
@@ -70,15 +70,16 @@ def load_entrypoint(entrypoint: str) -> Callable[..., object]:
     return fn
 
 
-def _from_entrypoint(cfg: ModelConfig) -> BuiltModel:
+def _from_entrypoint(cfg: ModelSpec) -> BuiltModel:
     assert cfg.entrypoint is not None
     fn = load_entrypoint(cfg.entrypoint)
+    args = dict(cfg.entrypoint_args or {})
     try:
-        inspect.signature(fn).bind(**cfg.entrypoint_args)
+        inspect.signature(fn).bind(**args)
     except (TypeError, ValueError) as e:
         raise ModelError(f"model.entrypoint {cfg.entrypoint!r}: bad model.entrypointArgs: {e}") from None
     try:
-        out = fn(**cfg.entrypoint_args)
+        out = fn(**args)
     except Exception as e:
         raise ModelError(f"model.entrypoint {cfg.entrypoint!r} raised {type(e).__name__}: {e}") from e
     loss_fn: LossFn = cross_entropy
@@ -100,26 +101,27 @@ def _from_entrypoint(cfg: ModelConfig) -> BuiltModel:
         raise ModelError(f"model.entrypoint {cfg.entrypoint!r} returned a module without parameters")
     hint = getattr(module, "flops_per_token", None)
     fpt = float(hint()) if callable(hint) else None
-    return BuiltModel(module, loss_fn, _find_blocks(module), n_params, fpt, cfg.seq_len, None)
+    return BuiltModel(module, loss_fn, _find_blocks(module), n_params, fpt, model_shape(cfg).seq_len, None)
 
 
-def build_model(cfg: ModelConfig) -> BuiltModel:
-    """Build on the current default device (call under ``torch.device(...)``) with the current RNG state."""
+def build_model(cfg: ModelSpec) -> BuiltModel:
+    """``spec.model`` built on the current default device (call under ``torch.device(...)``) with the
+    current RNG state; the GPT's sizes are ``kubetrain.api.modelsize.model_shape`` (preset + sizes)."""
     if cfg.entrypoint:
         return _from_entrypoint(cfg)
+    size = model_shape(cfg)
     gcfg = GPTConfig(
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        d_model=cfg.d_model,
-        vocab_size=cfg.vocab_size,
-        seq_len=cfg.seq_len,
-        tie_embeddings=cfg.tie_embeddings,
+        n_layers=size.n_layers,
+        n_heads=size.n_heads,
+        d_model=size.d_model,
+        vocab_size=size.vocab_size,
+        seq_len=size.seq_len,
+        tie_embeddings=size.tie_embeddings,
         dropout=cfg.dropout,
     )
     model = GPT(gcfg)
     n_params = sum(p.numel() for p in model.parameters())
     # FLOPs per token from kubetrain.api.modelsize: the same number `kubetrain plan` prints.
-    size = GPTSize(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.vocab_size, cfg.seq_len, cfg.tie_embeddings)
     return BuiltModel(
-        model, cross_entropy, list(model.blocks), n_params, gpt_flops_per_token(size), cfg.seq_len, cfg.vocab_size,
+        model, cross_entropy, list(model.blocks), n_params, gpt_flops_per_token(size), size.seq_len, size.vocab_size,
     )
