@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+UNITS = {"percentunit": (100.0, "%"), "bytes": (1 / 2**20, "MiB")}  # Grafana unit -> (scale, label)
 Series = list[dict[str, Any]]  # Prometheus matrix results: [{"metric": {...}, "values": [[t, "v"], ...]}]
 
 
@@ -27,14 +28,15 @@ def draw(panels: list[tuple[dict[str, Any], list[tuple[str, Series]]]], out: Pat
     t0 = min((float(v[0]) for _, targets in panels for _, series in targets for s in series for v in s["values"]),
              default=0.0)
     for ax, (panel, targets) in zip(axes.flat, panels, strict=False):
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        scale, shown = UNITS.get(unit, (1.0, unit))
         for fmt, series in targets:
             for s in series:
                 xs = [float(t) - t0 for t, _ in s["values"]]
-                ys = [float(v) for _, v in s["values"]]
+                ys = [float(v) * scale for _, v in s["values"]]
                 ax.plot(xs, ys, label=legend(fmt, s["metric"]), linewidth=1.6)
-        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-        ax.set_title(panel["title"] + (f"  [{unit}]" if unit not in ("", "none", "short") else ""), fontsize=10)
-        ax.set_xlabel("seconds", fontsize=8)
+        ax.set_title(panel["title"] + (f"  [{shown}]" if shown not in ("", "none", "short") else ""), fontsize=10)
+        ax.set_xlabel("seconds since Prometheus started", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -18,11 +18,15 @@ def test_metrics_and_progress_endpoints() -> None:
     progress = Progress(max_steps=100, world_size=4, trainingjob="llm", checkpoint_interval=5)
     server = MetricsServer(progress, 0, host="127.0.0.1")
     try:
+        base = f"http://127.0.0.1:{server.port}"
+        before = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        # before the first step: the step is 0, but no loss/throughput series (not a misleading 0)
+        assert 'kubetrain_trainer_step{trainingjob="llm"} 0.0' in before
+        assert "kubetrain_trainer_loss{" not in before and "kubetrain_trainer_tokens_per_second{" not in before
         progress.update({"step": 7, "loss": 2.5, "lr": 1e-3, "tokens_per_s": 1234.0, "mfu": 0.41,
                          "grad_norm": 0.9, "loss_scale": 1024.0, "skipped_steps": 2, "step_time": 0.1,
                          "world_size": 4})
         progress.checkpoint_committed(5, seconds=1.5)
-        base = f"http://127.0.0.1:{server.port}"
         body = json.loads(urllib.request.urlopen(base + "/progress", timeout=5).read())
         assert body["step"] == 7 and body["maxSteps"] == 100 and body["loss"] == 2.5
         assert body["learningRate"] == 1e-3 and body["tokensPerSecond"] == 1234.0 and body["mfu"] == 0.41

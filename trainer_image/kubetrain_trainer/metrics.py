@@ -1,7 +1,7 @@
 """Progress reporting: the JSONL metrics log, MFU, and the /metrics + /progress HTTP endpoints.
 
-Local rank 0 of every node serves ``/metrics`` (Prometheus text) and ``/progress`` (JSON: step,
-maxSteps, loss, learningRate, tokensPerSecond, mfu, lastCheckpointStep, worldSize, updatedAt) on
+Local rank 0 of every node serves ``/metrics`` (Prometheus text) and ``/progress`` (JSON: a
+``kubetrain.api.progress.ProgressReport``, the model the operator reads it with) on
 ``$KUBETRAIN_METRICS_PORT`` (default 9090; 0 disables), on the address ``$KUBETRAIN_METRICS_HOST``
 (default: all interfaces).
 """
@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kubetrain.api import modelsize
 from kubetrain.api.constants import ENV_METRICS_HOST, ENV_METRICS_PORT, ENV_PEAK_FLOPS
+from kubetrain.api.progress import ProgressReport
 
 from .errors import SpecError
 
@@ -81,6 +82,17 @@ class JsonlLog:
 JOB_LABEL = "trainingjob"
 
 
+class _Lazy:
+    """One labelled series that appears with its first value: no misleading 0 (a "perfect" loss,
+    no throughput) before the first step reports one."""
+
+    def __init__(self, parent: Gauge, labels: dict[str, str]) -> None:
+        self.parent, self.labels = parent, labels
+
+    def set(self, value: float) -> None:
+        self.parent.labels(**self.labels).set(value)
+
+
 class Progress:
     """Shared state behind /progress and the Prometheus metrics."""
 
@@ -92,50 +104,41 @@ class Progress:
         self.job = job
         self.device = device
 
-        def gauge(name: str, doc: str) -> Any:
+        def gauge(name: str, doc: str) -> Any:  # known from the start
             return Gauge(name, doc, lbl, registry=r).labels(**job)
+
+        def later(name: str, doc: str, **extra: str) -> _Lazy:  # known from the first step on
+            return _Lazy(Gauge(name, doc, (*lbl, *extra), registry=r), {**job, **extra})
 
         self.g_step = gauge("kubetrain_trainer_step", "Last completed optimizer step")
         self.g_max = gauge("kubetrain_trainer_max_steps", "Optimizer steps the job trains for")
-        self.g_loss = gauge("kubetrain_trainer_loss", "Training loss of the last step (global-batch mean)")
-        self.g_lr = gauge("kubetrain_trainer_learning_rate", "Learning rate of the last step")
-        self.g_tps = gauge("kubetrain_trainer_tokens_per_second", "Training throughput of the last step (all workers)")
-        # MFU and checkpoint duration have no value until known: their series appear when set.
-        self.f_mfu = Gauge("kubetrain_trainer_mfu_ratio",
-                           "Model FLOPs utilisation of the last step (0-1; needs the device's peak FLOP/s)",
-                           lbl, registry=r)
-        self.g_gn = gauge("kubetrain_trainer_grad_norm", "Global gradient norm of the last step, before clipping")
-        self.g_scale = gauge("kubetrain_trainer_loss_scale", "Loss scale of the last step (1 without fp16 scaling)")
+        self.g_loss = later("kubetrain_trainer_loss", "Training loss of the last step (global-batch mean)")
+        self.g_lr = later("kubetrain_trainer_learning_rate", "Learning rate of the last step")
+        self.g_tps = later("kubetrain_trainer_tokens_per_second", "Training throughput of the last step (all workers)")
+        self.g_mfu = later("kubetrain_trainer_mfu_ratio",
+                           "Model FLOPs utilisation of the last step (0-1; needs the device's peak FLOP/s)")
+        self.g_gn = later("kubetrain_trainer_grad_norm", "Global gradient norm of the last step, before clipping")
+        self.g_scale = later("kubetrain_trainer_loss_scale", "Loss scale of the last step (1 without fp16 scaling)")
         self.c_skipped = Counter("kubetrain_trainer_skipped_steps",
                                  "Optimizer steps skipped (non-finite gradients)", lbl, registry=r).labels(**job)
-        self.g_step_time = gauge("kubetrain_trainer_step_duration_seconds", "Wall time of the last step")
+        self.g_step_time = later("kubetrain_trainer_step_duration_seconds", "Wall time of the last step")
         self.g_step_ts = gauge("kubetrain_trainer_last_step_timestamp_seconds",
                                "Unix time of the last step report (process start before the first)")
         self.g_world = gauge("kubetrain_trainer_world_size", "Training processes in the job")
-        self.g_mem = Gauge("kubetrain_trainer_device_memory_peak_bytes",
+        self.g_mem = later("kubetrain_trainer_device_memory_peak_bytes",
                            "Peak memory of local rank 0: allocated CUDA memory (device=cuda) or RSS (device=cpu)",
-                           (*lbl, "device"), registry=r).labels(**job, device=device)
+                           device=device)
         self.g_ckpt = gauge("kubetrain_trainer_checkpoint_last_step",
                             "Step of the last committed (or restored) checkpoint; 0 before the first")
         self.g_ckpt_ts = gauge("kubetrain_trainer_checkpoint_last_timestamp_seconds",
                                "Unix time of the last committed checkpoint (process start before the first)")
-        self.f_ckpt_s = Gauge("kubetrain_trainer_checkpoint_duration_seconds",
-                              "Wall time of the last checkpoint save, start to commit", lbl, registry=r)
+        self.g_ckpt_s = later("kubetrain_trainer_checkpoint_duration_seconds",
+                              "Wall time of the last checkpoint save, start to commit")
         self.g_interval = gauge("kubetrain_trainer_checkpoint_interval_steps",
                                 "spec.checkpoint.intervalSteps (0: only at the end and on preemption)")
         self._lock = threading.Lock()
         self._skipped = 0
-        self.state: dict[str, Any] = {
-            "step": 0,
-            "maxSteps": max_steps,
-            "loss": None,
-            "learningRate": None,
-            "tokensPerSecond": None,
-            "mfu": None,
-            "lastCheckpointStep": None,
-            "worldSize": world_size,
-            "updatedAt": now_rfc3339(),
-        }
+        self.report = ProgressReport(step=0, max_steps=max_steps, world_size=world_size, updated_at=now_rfc3339())
         started = time.time()
         self.g_max.set(max_steps)
         self.g_world.set(world_size)
@@ -146,15 +149,13 @@ class Progress:
 
     def update(self, rec: dict[str, Any]) -> None:
         with self._lock:
-            s = self.state
-            s.update(
+            self._report(
                 step=rec["step"],
                 loss=rec["loss"],
-                learningRate=rec["lr"],
-                tokensPerSecond=rec.get("tokens_per_s"),
+                learning_rate=rec["lr"],
+                tokens_per_second=rec.get("tokens_per_s"),
                 mfu=rec.get("mfu"),
-                worldSize=rec.get("world_size", s["worldSize"]),
-                updatedAt=now_rfc3339(),
+                world_size=rec.get("world_size") or self.report.world_size,
             )
             self.g_step.set(rec["step"])
             self.g_step_ts.set(time.time())
@@ -162,7 +163,7 @@ class Progress:
             self.g_lr.set(rec["lr"])
             self.g_tps.set(rec.get("tokens_per_s") or 0.0)
             if rec.get("mfu") is not None:
-                self.f_mfu.labels(**self.job).set(rec["mfu"])
+                self.g_mfu.set(rec["mfu"])
             self.g_gn.set(rec.get("grad_norm") or 0.0)
             self.g_scale.set(rec.get("loss_scale") or 1.0)
             skipped = int(rec.get("skipped_steps") or 0)
@@ -178,16 +179,19 @@ class Progress:
     def checkpoint_committed(self, step: int, seconds: float | None = None) -> None:
         """A checkpoint of ``step`` is committed (``seconds``: its save time; None for a restore)."""
         with self._lock:
-            self.state["lastCheckpointStep"] = step
-            self.state["updatedAt"] = now_rfc3339()
+            self._report(last_checkpoint_step=step)
             self.g_ckpt.set(step)
             self.g_ckpt_ts.set(time.time())
             if seconds is not None:
-                self.f_ckpt_s.labels(**self.job).set(seconds)
+                self.g_ckpt_s.set(seconds)
 
     def progress_json(self) -> bytes:
         with self._lock:
-            return json.dumps(self.state).encode()
+            return self.report.to_json()
+
+    def _report(self, **update: Any) -> None:
+        """A new /progress report: the last one with ``update`` (validated: non-finite numbers become null)."""
+        self.report = ProgressReport.model_validate({**self.report.model_dump(), **update, "updated_at": now_rfc3339()})
 
 
 class _Handler(BaseHTTPRequestHandler):
