@@ -104,7 +104,10 @@ def _describe(err: Any, root: type[BaseModel]) -> Problem:
         op, key = bounds[kind]
         return Problem(path, f"must be {op} {ctx.get(key)} (got {value!r})", f"set a value {op} {ctx.get(key)}")
     if kind in {"too_short", "too_long"}:
-        return Problem(path, err["msg"].replace("List", "list").replace("Value", "value"), "change its length")
+        unit = "keys" if ctx.get("field_type") == "Dictionary" else "items"
+        if kind == "too_long":
+            return Problem(path, f"at most {ctx.get('max_length')} {unit} allowed (got more)", "remove some")
+        return Problem(path, f"at least {ctx.get('min_length')} {unit} needed", "add the missing ones")
     if kind == "string_pattern_mismatch":
         hint = 'use "pkg.module:function"' if path.endswith("entrypoint") else f"match {ctx.get('pattern')}"
         return Problem(path, f"{value!r} has the wrong format", hint)
