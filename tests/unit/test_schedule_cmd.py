@@ -26,6 +26,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _write(tmp_path: Path, spec: dict[str, Any], name: str = "job.yaml") -> Path:
     f = tmp_path / name
+    if "deepspeed" in spec and "train_batch_size" not in spec["deepspeed"]:
+        # DeepSpeed needs a batch size (kubetrain.api.deepspeed refuses a config without any, as DeepSpeed does)
+        spec = {**spec, "training": {"globalBatchSize": 8, **spec.get("training", {})}}
     doc = {"apiVersion": "kubetrain.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "lr"}, "spec": spec}
     f.write_text(yaml.safe_dump(doc))
     return f

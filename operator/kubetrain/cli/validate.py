@@ -13,6 +13,9 @@ from kubetrain.api.validate import validate_object
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="TrainingJob YAML/JSON files ('-' = stdin)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    parser.add_argument("--explain", action="store_true",
+                        help="also print what each spec.deepspeed key becomes: typed field, value and source "
+                        "(written, auto, typed, default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,11 +30,14 @@ def run(args: argparse.Namespace) -> int:
         for i, doc in enumerate(docs):
             where = path if len(docs) == 1 else f"{path}#{i + 1}"
             problems = validate_object(doc)
-            notes = notes_for(doc) if not problems else []
+            notes = notes_for(doc)  # also next to errors: they often explain them
             for p in problems:
                 print(f"{where}: {p}")
             for n in notes:
                 print(f"{where}: note: {n}")
+            if getattr(args, "explain", False):
+                for line in explain_for(doc):
+                    print(f"{where}: explain: {line}")
             if problems:
                 failed = True
             elif not args.quiet:
@@ -45,3 +51,10 @@ def notes_for(doc: dict) -> list[str]:
     from kubetrain.api.validate import NOTE_PROVIDERS
 
     return [n for provider in NOTE_PROVIDERS for n in provider(doc)]
+
+
+def explain_for(doc: dict) -> list[str]:
+    """`--explain`: each DeepSpeed key -> typed field, value, source (kubetrain.api.deepspeed.explain)."""
+    from kubetrain.api.deepspeed import explain_object
+
+    return explain_object(doc)

@@ -46,11 +46,13 @@ batch exactly (ranks take G // W or G // W + 1 samples, each micro-batch's loss 
 its samples), so the only divisibility rule kept is DeepSpeed's own on an explicit triple.
 """
 from kubetrain.api.deepspeed.context import DeepSpeedConfigError, Resolution
+from kubetrain.api.deepspeed.features import Monitor, gather_16bit_weights_on_model_save, monitors
 from kubetrain.api.deepspeed.keys import KUBETRAIN_DEFAULTS, MAPPED_KEYS, NO_OP_KEYS
 from kubetrain.api.deepspeed.mapping import (
     analyse,
     deepspeed_notes,
     deepspeed_problems,
+    explain_object,
     note_provider,
     resolve,
     valid_world_sizes,
@@ -62,10 +64,14 @@ __all__ = [
     "MAPPED_KEYS",
     "NO_OP_KEYS",
     "DeepSpeedConfigError",
+    "Monitor",
     "Resolution",
     "analyse",
     "deepspeed_notes",
     "deepspeed_problems",
+    "explain_object",
+    "gather_16bit_weights_on_model_save",
+    "monitors",
     "note_provider",
     "resolve",
     "unsupported_keys",

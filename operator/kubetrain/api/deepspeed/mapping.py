@@ -8,6 +8,7 @@ from typing import Any
 from kubetrain import api
 from kubetrain.api.deepspeed.batch import resolve_batch
 from kubetrain.api.deepspeed.context import Context, DeepSpeedConfigError, Resolution
+from kubetrain.api.deepspeed.explain import explain
 from kubetrain.api.deepspeed.features import (
     resolve_activation_checkpointing,
     resolve_gather_16bit,
@@ -150,3 +151,12 @@ def note_provider(obj: dict[str, Any]) -> list[str]:
     except Exception:  # invalid objects get problems, not notes
         return []
     return deepspeed_notes(spec)
+
+
+def explain_object(obj: dict[str, Any]) -> list[str]:
+    """`kubetrain validate --explain`: every DeepSpeed key of a TrainingJob object and what it becomes."""
+    try:
+        spec = api.TrainingJob.model_validate(obj).spec
+    except Exception:  # invalid objects get problems, not explanations
+        return []
+    return [str(line) for line in explain(spec, analyse(spec))]

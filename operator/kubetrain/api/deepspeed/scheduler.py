@@ -98,18 +98,24 @@ def _schedule_notes(ctx: Context, type_: str, resolved: Mapping[str, Any], given
 
 def _fill_autos(ctx: Context, base_lr: float) -> dict[str, Any]:
     """Scheduler "auto" params as the Hugging Face integration fills them: warmup_min_lr 0, warmup_max_lr the
-    optimizer lr, warmup_num_steps the typed warmup (else 0), total_num_steps training.maxSteps."""
+    optimizer lr, warmup_num_steps the typed warmup (required), total_num_steps the typed one else
+    training.maxSteps."""
     typed = ctx.spec.lr_schedule.params or {}
     fill: dict[str, Any] = {
         "warmup_min_lr": 0.0,
         "warmup_max_lr": base_lr,
-        "warmup_num_steps": typed.get("warmup_num_steps", 0),
-        "total_num_steps": ctx.spec.training.max_steps,
+        "warmup_num_steps": typed.get("warmup_num_steps"),
+        "total_num_steps": typed.get("total_num_steps", ctx.spec.training.max_steps),
     }
     out: dict[str, Any] = {}
     for key in sorted(k for k in ctx.auto_keys if k.startswith("scheduler.params.")):
         name = key.rsplit(".", 1)[-1]
-        if name in fill:
+        if name == "warmup_num_steps" and fill[name] is None:
+            # Hugging Face's default warmup is 0 steps, which DeepSpeed 0.19's warmup schedulers refuse.
+            ctx.problem(f"{DS}.{key}", "is \"auto\", which takes spec.lrSchedule.params.warmup_num_steps, and "
+                        "that is not set (DeepSpeed needs a warmup of at least 1 step)",
+                        "set spec.lrSchedule.params.warmup_num_steps")
+        elif name in fill:
             out[name] = fill[name]
         else:
             ctx.problem(f"{DS}.{key}", "is \"auto\", which only warmup_min_lr, warmup_max_lr, warmup_num_steps "
