@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from kubetrain import api
 from kubetrain.api.constants import GROUP, KIND, PLURAL, VERSION
 from kubetrain.api.modelsize import DEFAULT_PRESET, PRESETS
+from kubetrain.api.tensorparallel import cel_rules as tensor_parallel_rules
 
 _DROP = {"title", "default", "discriminator"}
 
@@ -53,6 +54,7 @@ DERIVED_RULES: dict[str, tuple[api.CelRule, ...]] = {
             field_path=".dModel",
         ),
     ),
+    "TrainingJobSpec": tensor_parallel_rules(),  # tensorParallel divides procs, heads, vocabulary
 }
 
 

@@ -208,6 +208,13 @@ class ModelSpec(ApiModel):
     entrypoint_args: dict[str, Any] | None = _free_object(
         "Keyword arguments passed to the entrypoint function. Default: none."
     )
+    tensor_parallel_plan: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=512,
+        description='With model.entrypoint and parallelism.tensorParallel > 1: "pkg.module:fn", fn(model, '
+        "tp_mesh, sequence_parallel) returning the torch parallelize_module plan (module name -> "
+        "ParallelStyle). Default: none (the built-in GPT has its own plan).",
+    )
 
     cel_rules = (
         CelRule(
@@ -219,6 +226,12 @@ class ModelSpec(ApiModel):
             rule="has(self.entrypoint) || !has(self.entrypointArgs)",
             message="entrypointArgs needs entrypoint: set entrypoint or remove entrypointArgs",
             field_path=".entrypointArgs",
+        ),
+        CelRule(
+            rule="has(self.entrypoint) || !has(self.tensorParallelPlan)",
+            message="tensorParallelPlan is for entrypoint models (the built-in GPT has its own): set entrypoint "
+            "or remove tensorParallelPlan",
+            field_path=".tensorParallelPlan",
         ),
         # + dModel divisible by nHeads, written from the preset table by kubetrain.api.crd
     )
@@ -352,7 +365,15 @@ class ParallelismSpec(ApiModel):
         default=None, description="CPU offload of the sharded training state. Default: none."
     )
     tensor_parallel: int = Field(
-        default=1, ge=1, le=1, description="Tensor-parallel degree (reserved; only 1 today)."
+        default=1, ge=1, le=64,
+        description="Tensor-parallel degree: every layer split over this many processes of one pod (it must "
+        "divide workers.procsPerWorker, model.nHeads and model.vocabSize); the data-parallel size is "
+        "world size / tensorParallel.",
+    )
+    sequence_parallel: bool | None = Field(
+        default=None,
+        description="With tensorParallel > 1, also split norms, dropout and the residual stream along the "
+        "sequence (their activations / tensorParallel). Default: true when tensorParallel > 1.",
     )
 
     cel_rules = (
@@ -361,7 +382,30 @@ class ParallelismSpec(ApiModel):
             message="localSGD/diloco/powerSGD replicate the model: use strategy ddp with them",
             field_path=".sync.mode",
         ),
+        CelRule(
+            rule="!has(self.tensorParallel) || self.tensorParallel == 1 || !has(self.sync) || !has(self.sync.mode) "
+            "|| self.sync.mode == 'allreduce'",
+            message="localSGD/diloco/powerSGD average whole replicas, not tensor-parallel shards: use sync.mode "
+            "allreduce with tensorParallel > 1, or tensorParallel 1",
+            field_path=".sync.mode",
+        ),
+        CelRule(
+            rule="!has(self.tensorParallel) || self.tensorParallel == 1 || !has(self.strategy) || self.strategy != 'zero1'",
+            message="strategy zero1 with tensorParallel > 1 is not supported: use zero2 (also shards gradients "
+            "over the data-parallel ranks), zero3 or ddp, or tensorParallel 1",
+            field_path=".strategy",
+        ),
+        CelRule(
+            rule="!has(self.sequenceParallel) || !self.sequenceParallel || (has(self.tensorParallel) && self.tensorParallel > 1)",
+            message="sequenceParallel needs tensorParallel > 1: set tensorParallel or remove sequenceParallel",
+            field_path=".sequenceParallel",
+        ),
     )
+
+    @property
+    def sequence_parallel_on(self) -> bool:
+        """sequenceParallel as the trainer applies it (default: on whenever tensorParallel > 1)."""
+        return self.tensor_parallel > 1 and self.sequence_parallel is not False
 
 
 # -------------------------------------------------------------------------------- precision
