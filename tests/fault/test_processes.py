@@ -1,6 +1,7 @@
 """`kubetrain local` owns its processes: killing it (SIGKILL of it, of its process group), hanging up
 its terminal, or killing a launcher alone leaves no trainer process behind within 5 s and no
-launch directory; a second `kubetrain local` on a run directory in use is refused at once with the
+launch directory (the orphaned launcher gives its workers launch.ORPHAN_STOP_SECONDS = 3 s to
+checkpoint, then kills them); a second `kubetrain local` on a run directory in use is refused at once with the
 holder's PID.  Processes are found by their environment (KUBETRAIN_RUN_DIR = this test's run
 directory), so nothing else on the machine is touched."""
 
@@ -22,6 +23,7 @@ from .helpers import (
     run_local,
     spec,
     start_local,
+    verify,
     wait_for,
     write_job,
 )
@@ -57,8 +59,10 @@ def test_killing_kubetrain_local_leaves_no_trainer_process(tmp_path: Path, how: 
         assert ok, f"{how}: trainer processes {left} still alive after 5 s"
         proc.wait(timeout=30)
         assert not [d for d in launch_dirs if d.exists()], f"{how}: launch directory left behind"
-        if how == "sighup":  # a hang-up stops like Ctrl-C: the launcher checkpointed first
-            assert (run / "checkpoints" / "latest").exists()
+        # The workers had ORPHAN_STOP_SECONDS to checkpoint: whether they made it depends on the
+        # machine's load, but what is committed is whole (a save cut short never becomes latest).
+        if (run / "checkpoints" / "latest").exists():
+            assert verify(run).returncode == 0, verify(run).stdout
     finally:
         kill_all(run)
         if proc.poll() is None:

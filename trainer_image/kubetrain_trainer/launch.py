@@ -66,6 +66,9 @@ PERMANENT = tuple(sorted(PERMANENT_EXIT_CODES))
 FAILED_GROUP_STOP_SECONDS = 5
 # Margin on top of the save limit for the last step and process teardown.
 STOP_MARGIN_SECONDS = 15
+# `kubetrain local` died (SIGKILL, its terminal closed): the workers get this long to checkpoint
+# and exit before they are killed — nobody is waiting, and a stray trainer must not live on.
+ORPHAN_STOP_SECONDS = 3
 # Node-local directories of launchers: kubetrain-launch-<random>/, flock'ed through OWNER_LOCK.
 LAUNCH_DIR_PREFIX = "kubetrain-launch-"
 OWNER_LOCK = "owner.lock"
@@ -203,6 +206,12 @@ def _patch_agent(state: _AgentState) -> None:
 
     original_start = LocalElasticAgent._start_workers
     original_monitor = LocalElasticAgent._monitor_workers
+    original_shutdown = LocalElasticAgent._shutdown
+
+    def _shutdown(self: Any, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
+        if _orphaned():
+            timeout = min(timeout, ORPHAN_STOP_SECONDS)
+        original_shutdown(self, death_sig, timeout)
 
     def _stop_workers(self: Any, worker_group: Any) -> None:
         healthy = worker_group.state == WorkerState.HEALTHY  # a membership change, not a failure
@@ -225,9 +234,16 @@ def _patch_agent(state: _AgentState) -> None:
             self._remaining_restarts = 0
         return result
 
+    LocalElasticAgent._shutdown = _shutdown  # type: ignore[method-assign]
     LocalElasticAgent._stop_workers = _stop_workers  # type: ignore[method-assign]
     LocalElasticAgent._start_workers = _start_workers  # type: ignore[method-assign]
     LocalElasticAgent._monitor_workers = _monitor_workers  # type: ignore[method-assign]
+
+
+def _orphaned() -> bool:
+    """Started by ``kubetrain local`` (``$KUBETRAIN_LOCAL_PID``), which is gone."""
+    expected = os.environ.get(k.ENV_LOCAL_PID)
+    return bool(expected) and os.getppid() != int(expected or 0)
 
 
 def _check_parent() -> None:
@@ -235,8 +251,7 @@ def _check_parent() -> None:
     this check covers a signal lost to a race)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    expected = os.environ.get(k.ENV_LOCAL_PID)
-    if expected and os.getppid() != int(expected):
+    if _orphaned():
         raise SignalException("kubetrain local is gone", sigval=signal.SIGTERM)
 
 
@@ -414,5 +429,15 @@ def _main(args: argparse.Namespace) -> Outcome:
         lock.release()
 
 
+def _exit(code: int) -> None:
+    """Exit at once once the outcome is recorded: the interpreter's teardown of torch's elastic
+    agent (rendezvous handlers, threads) takes seconds and does nothing for us (a launcher that
+    is asked to stop should be gone when its workers are)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

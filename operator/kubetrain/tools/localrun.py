@@ -289,18 +289,15 @@ class LocalRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, sig)
 
-    def _on_hangup(self, _signum: int, _frame: Any) -> None:
-        """The terminal went away: stop like a first Ctrl-C (checkpoint), silently from now on."""
-        self.opts.quiet = True
-        devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-        self.out = devnull
-        sys.stdout = sys.stderr = devnull
-        if not self.interrupted:
-            self.interrupted = 1
-            for p in self.procs:
-                if p.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGTERM)
+    def _on_hangup(self, signum: int, _frame: Any) -> None:
+        """The terminal went away: nobody is watching. Ask the launchers to stop (they checkpoint
+        if they can within a few seconds) and leave at once; the launchers, orphaned, bound their
+        stop (launch.ORPHAN_STOP_SECONDS)."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        os._exit(128 + signum)
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
