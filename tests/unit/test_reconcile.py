@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kubetrain.api.progress import ProgressReport
 from kubetrain.controller import names as n
 from kubetrain.controller.builders import build_config_map
 from kubetrain.controller.kubeio import merge_patch
@@ -76,8 +77,9 @@ RUNNING = {"phase": "Running", "startTime": ts(-100), "restartGeneration": 0,
                            "lastTransitionTime": ts(-90)}]}
 
 
-READING = ProgressReading(data={"step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 1e-3,
-                                "tokensPerSecond": 1000, "mfu": None, "lastCheckpointStep": 40, "worldSize": 2},
+READING = ProgressReading(data=ProgressReport.model_validate({
+                              "step": 42, "maxSteps": 100, "loss": 2.5, "learningRate": 1e-3, "tokensPerSecond": 1000,
+                              "mfu": None, "lastCheckpointStep": 40, "worldSize": 2}),
                           read_at=T0, pod="demo-worker-0-0-0")
 GANG = {**TWO, "runPolicy": {"scheduling": {"gang": "none", "schedulingTimeoutSeconds": 30, "maxAttempts": 3}}}
 
@@ -849,7 +851,7 @@ def test_poller_reads_progress_keeps_the_last_value_and_never_blocks() -> None:
         async with aiohttp.ClientSession() as session:
             server.body = json.dumps({"step": 7, "loss": 3.0}).encode()
             await poller.poll_once(session)
-            assert poller.readings["job"].data == {"step": 7, "loss": 3.0}
+            assert poller.readings["job"].data == ProgressReport(step=7, loss=3.0)
             assert poller.readings["job"].read_at == T0 and "gone" not in poller.readings
             clock[0] = T0 + dt.timedelta(seconds=10)
             server.hang = 2.0  # slower than the timeout: the last reading stays, with its time
@@ -859,7 +861,7 @@ def test_poller_reads_progress_keeps_the_last_value_and_never_blocks() -> None:
             assert poller.readings["job"].read_at == T0
             server.hang, server.body = 0.0, b"not json"
             await poller.poll_once(session)
-            assert poller.readings["job"].data["step"] == 7
+            assert poller.readings["job"].data.step == 7
         poller.forget("job")
         assert "job" not in poller.readings and "job" not in poller.targets
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubetrain.api.constants import EXIT_PREEMPTED, PERMANENT_EXIT_CODES
+from kubetrain.api.progress import ProgressReport
 from kubetrain.controller import names as n
 
 Outcome = Literal["running", "succeeded", "permanent", "retryable", "preempted", "lost"]
@@ -84,7 +85,7 @@ class PodView:
 class ProgressReading:
     """The last answer of a worker's /progress endpoint, and when it was read."""
 
-    data: dict[str, Any]
+    data: ProgressReport
     read_at: dt.datetime
     pod: str = ""
 

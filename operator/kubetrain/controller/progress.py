@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from kubetrain.api.constants import METRICS_PORT
+from kubetrain.api.progress import ProgressReport
 from kubetrain.controller import names as n
 from kubetrain.controller.observed import ProgressReading
 
@@ -62,8 +63,8 @@ def target_of(pods: list[dict[str, Any]], generation: int, container: str = "tra
     return Target(pod=pod["metadata"]["name"], url=f"http://{host}:{port}/progress")
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any] | None:
-    """The JSON object at `url`, or None (unreachable, slow, not JSON, not an object)."""
+async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> ProgressReport | None:
+    """The report at `url`, or None (unreachable, slow, not JSON, not a report)."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status != 200:
@@ -71,7 +72,7 @@ async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> dic
             data = await resp.json(content_type=None)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return ProgressReport.from_answer(data)
 
 
 class ProgressPoller(Generic[K]):

@@ -36,24 +36,16 @@ def record_progress(s: PassState, spec: api.TrainingJobSpec) -> None:
     old = s.st.progress or api.ProgressStatus()
     if (c.parse_time(old.updated_at) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)) >= reading.read_at:
         return
-    d = reading.data
-
-    def num(key: str) -> float | None:
-        v = d.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    step = d.get("step") if isinstance(d.get("step"), int) else old.step
-    ckpt = d.get("lastCheckpointStep")
-    max_steps = d.get("maxSteps")
-    advanced = step != old.step or old.step_advanced_at is None
+    r = reading.data  # a kubetrain.api.progress.ProgressReport, the model the trainer writes it with
+    advanced = r.step != old.step or old.step_advanced_at is None
     s.st.progress = api.ProgressStatus(
-        step=step,
-        max_steps=max_steps if isinstance(max_steps, int) else spec.training.max_steps,
-        loss=num("loss"),
-        learning_rate=num("learningRate"),
-        tokens_per_second=num("tokensPerSecond"),
-        mfu=num("mfu"),
-        last_checkpoint_step=ckpt if isinstance(ckpt, int) else old.last_checkpoint_step,
+        step=r.step,
+        max_steps=r.max_steps if r.max_steps is not None else spec.training.max_steps,
+        loss=r.loss,
+        learning_rate=r.learning_rate,
+        tokens_per_second=r.tokens_per_second,
+        mfu=r.mfu,
+        last_checkpoint_step=r.last_checkpoint_step if r.last_checkpoint_step is not None else old.last_checkpoint_step,
         updated_at=c.rfc3339(reading.read_at),
         step_advanced_at=c.rfc3339(reading.read_at) if advanced else old.step_advanced_at,
     )
