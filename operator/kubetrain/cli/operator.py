@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     rt.action_delay = args.test_action_delay
     rt.progress_seconds = min(15.0, max(0.2, args.progress_seconds))
     rt.qps, rt.burst = args.kube_api_qps, max(1, args.kube_api_burst)
+    rt.namespaces = tuple(args.namespace) if args.namespace else None
     if args.metrics_port:
         try:
             rt.metrics.serve(args.metrics_port, args.bind_address)

@@ -34,10 +34,11 @@ from kubetrain.controller import names as n
 from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.controller.conditions import rfc3339
 from kubetrain.controller.events import EventRecorder, Pending
+from kubetrain.controller.informer import Informer, wait_all
 from kubetrain.controller.kubeio import ApiError, Kube, load_client, merge_patch
 from kubetrain.controller.memory import IdleTrimmer
 from kubetrain.controller.metrics import OperatorMetrics
-from kubetrain.controller.observed import Observed, PodView, pod_view
+from kubetrain.controller.observed import Observed, PodView, owned_by, pod_view
 from kubetrain.controller.progress import ProgressPoller, target_of
 from kubetrain.controller.ratelimit import TokenBucket
 from kubetrain.controller.reconcile import (
@@ -98,6 +99,9 @@ class Runtime:
     # Pods deleted by someone else, as last seen, until a pass has named them (WorkerLost).
     gone: dict[Key, dict[str, PodView]] = field(default_factory=dict)
     own_deletes: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
+    # Namespaces served (None: all); the children's list-and-watch caches, by kind.
+    namespaces: tuple[str, ...] | None = None
+    informers: dict[str, list[Informer]] = field(default_factory=dict)
 
 
 RUNTIME = Runtime()
@@ -152,6 +156,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Warm the validator (imports, the DeepSpeed mapping) before the first job waits on it.
     await blocking(rt, problems_of, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "spec": {}})
     rt.queue = WorkQueue()
+    _start_informers(rt, asyncio.get_running_loop())
     rt.poller = ProgressPoller(rt.progress_seconds, on_reading=rt.queue.add, clock=rt.clock)
     rt.poller.start()
     rt.workers = [asyncio.create_task(_worker(rt), name=f"reconcile-worker-{i}") for i in range(rt.concurrency)]
@@ -174,6 +179,9 @@ async def cleanup(**_: Any) -> None:
         await rt.recorder.stop()
     if rt.trimmer is not None:
         rt.trimmer.stop()
+    for informers in rt.informers.values():
+        for informer in informers:
+            informer.stop()
     rt.executor.shutdown(wait=False, cancel_futures=True)
     log.info("reconcile workers stopped")
 
@@ -229,21 +237,64 @@ def job_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_:
     rt.queue.add(key)
 
 
-@kopf.on.event("", "v1", "pods", labels={n.LABEL_JOB: kopf.PRESENT})
-def pod_event(type: str, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
-    rt = RUNTIME
-    if rt.queue is None or namespace is None:
+CHILD_PATHS = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
+
+
+def _start_informers(rt: Runtime, loop: asyncio.AbstractEventLoop) -> None:
+    """One list-and-watch cache per child kind (and per namespace, unless all are served),
+    selecting kubetrain's objects by label on the server."""
+    assert rt.kube is not None
+    scopes = [f"/api/v1/namespaces/{ns}" for ns in rt.namespaces] if rt.namespaces else ["/api/v1"]
+    for kind, plural in CHILD_PATHS.items():
+        def changed(type_: str, obj: dict[str, Any], kind: str = kind) -> None:
+            loop.call_soon_threadsafe(child_event, rt, kind, type_, obj)
+
+        rt.informers[kind] = [Informer(rt.kube, f"{scope}/{plural}", n.LABEL_JOB, changed, n.LABEL_JOB)
+                              for scope in scopes]
+        for informer in rt.informers[kind]:
+            informer.start()
+
+
+def _owner(obj: dict[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "TrainingJob" and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref.get("name"))
+    return None
+
+
+def child_event(rt: Runtime, kind: str, type_: str, obj: dict[str, Any]) -> None:
+    """A change of a child (from its informer): a pass for its job; a pod deleted by someone
+    else is remembered until a pass has named the loss."""
+    owner = _owner(obj)
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if rt.queue is None or owner is None or not namespace:
         return
-    for ref in body.metadata.get("ownerReferences") or []:
-        if ref.get("kind") == "TrainingJob" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            key = (namespace, ref["name"])
-            owner = rt.jobs.get(key)
-            live = owner is not None and not (owner.get("metadata") or {}).get("deletionTimestamp")
-            if type == "DELETED" and live and f"{namespace}/{name}" not in rt.own_deletes:
-                gone = rt.gone.setdefault(key, {})
-                if len(gone) < MAX_GONE:
-                    gone[name] = pod_view(copy.deepcopy(dict(body)))
-            rt.queue.add(key)
+    key = (str(namespace), owner)
+    if kind == "Pod" and type_ == "DELETED":
+        job = rt.jobs.get(key)
+        live = job is not None and not (job.get("metadata") or {}).get("deletionTimestamp")
+        if live and f"{namespace}/{name}" not in rt.own_deletes:
+            gone = rt.gone.setdefault(key, {})
+            if len(gone) < MAX_GONE:
+                gone[str(name)] = pod_view(obj)
+    rt.queue.add(key)
+
+
+def _children(rt: Runtime, kind: str, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
+    label = n.job_label(job)
+    return [o for informer in rt.informers.get(kind, ()) for o in informer.get(namespace, label) if owned_by(o, uid)]
+
+
+def _observe(rt: Runtime, obj: dict[str, Any] | None) -> None:
+    """Our own write's answer goes into the cache at once (the watch confirms it later)."""
+    if not obj or obj.get("kind") not in rt.informers:
+        return
+    plural = CHILD_PATHS[str(obj["kind"])]
+    scopes = (f"/api/v1/{plural}", f"/api/v1/namespaces/{(obj.get('metadata') or {}).get('namespace')}/{plural}")
+    for informer in rt.informers[str(obj["kind"])]:
+        if informer.path in scopes:
+            informer.observe(obj)
 
 
 # ------------------------------------------------------------------------------------ passes
@@ -299,11 +350,15 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         known = (version, await blocking(rt, problems_of, obj))
         rt.problems[key] = known
     job = Job.from_object(obj, known[1])
-    pods, service, config_map = await asyncio.gather(
-        blocking(rt, kube.list_pods, namespace, name, job.uid),
-        blocking(rt, kube.get, "Service", namespace, n.service_name(name)),
-        blocking(rt, kube.get, "ConfigMap", namespace, n.config_map_name(name)),
-    )
+    every = [i for informers in rt.informers.values() for i in informers]
+    # A partial cache could hide existing workers: wait for the first lists.
+    if not all(i.synced.is_set() for i in every) and not await blocking(rt, wait_all, every, 30.0):
+        raise RuntimeError("the children's caches have not synced within 30 s")
+    pods = _children(rt, "Pod", namespace, name, job.uid)
+    service = next((o for o in _children(rt, "Service", namespace, name, job.uid)
+                    if o["metadata"]["name"] == n.service_name(name)), None)
+    config_map = next((o for o in _children(rt, "ConfigMap", namespace, name, job.uid)
+                       if o["metadata"]["name"] == n.config_map_name(name)), None)
     cm_hash = _hash_of(config_map)
     group_hash = None
     if job.spec is not None and gang_mode(job.spec) in GANG_SCHEDULERS:
@@ -396,7 +451,9 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
     async def child(action: Create | Update | DeleteChild) -> None:
         fn = kube.create if isinstance(action, Create) else kube.patch if isinstance(action, Update) else kube.delete
         try:
-            await run(fn, action.manifest)
+            out = await run(fn, action.manifest)
+            if isinstance(action, Create):
+                _observe(rt, out)
         except ApiError as e:
             if e.status != 404 or action.manifest["kind"] != "PodGroup":
                 raise
@@ -422,6 +479,8 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
     while len(rt.own_deletes) > MAX_OWN_DELETES:
         rt.own_deletes.popitem(last=False)
     gone = await each(kube.delete_pod, [(job.namespace, a.name) for a in deletes])
+    for pod in gone:
+        _observe(rt, pod)
     for a, took in zip(deletes, gone, strict=True):
         if took:
             rt.metrics.pods_deleted.inc()
@@ -430,6 +489,8 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
 
     pods = decision.pods_to_create
     made = await each(kube.create, [(a.manifest,) for a in pods])
+    for pod in made:
+        _observe(rt, pod)
     created = [a.name for a, ok in zip(pods, made, strict=True) if ok]
     events.extend(a.event for a, ok in zip(pods, made, strict=True) if ok and a.event is not None)
     if created:

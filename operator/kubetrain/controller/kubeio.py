@@ -82,6 +82,21 @@ class Kube:
             raise ApiError(resp.status, text)
         return json.loads(text) if text else None
 
+    def stream(self, method: str, path: str, query: dict[str, str] | None = None, read_timeout: float = 330) -> Any:
+        """A streaming response (a watch): the urllib3 response, to be read in chunks."""
+        self.limiter.acquire()
+        self.calls += 1
+        _, url, headers, data, _ = self.api.param_serialize(
+            method, path, query_params=list((query or {}).items()) or None, header_params={"Accept": JSON},
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(method, url, header_params=headers, body=data,
+                                 _request_timeout=(TIMEOUT, read_timeout))
+        if not 200 <= resp.status < 300:
+            raw = resp.read()
+            raise ApiError(resp.status, raw.decode() if isinstance(raw, bytes) else str(raw or ""))
+        return resp.response
+
     # ---------------------------------------------------------------- TrainingJobs
 
     @staticmethod
@@ -156,16 +171,17 @@ class Kube:
                 return None
             raise
 
-    def create(self, manifest: dict[str, Any]) -> bool:
-        """True when created, False when it already existed (names are deterministic)."""
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The object as created, or None when it already existed (names are deterministic)."""
         meta = manifest["metadata"]
         try:
-            self.call("POST", self._path(manifest["kind"], meta["namespace"], "", manifest["apiVersion"]), manifest)
+            made = self.call("POST", self._path(manifest["kind"], meta["namespace"], "", manifest["apiVersion"]),
+                             manifest)
         except ApiError as e:
             if e.status == 409:
-                return False
+                return None
             raise
-        return True
+        return dict(made) if isinstance(made, dict) else dict(manifest)
 
     def patch(self, manifest: dict[str, Any]) -> None:
         meta = manifest["metadata"]
@@ -176,9 +192,18 @@ class Kube:
         meta = manifest["metadata"]
         return self._delete(self._path(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"]), None)
 
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        """Graceful delete (the pod's own terminationGracePeriodSeconds); False if already gone."""
-        return self._delete(self._path("Pod", namespace, name), None)
+    def delete_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Graceful delete (the pod's own terminationGracePeriodSeconds): the pod as it is now
+        (Terminating), or None if it was already gone."""
+        try:
+            out = self.call("DELETE", self._path("Pod", namespace, name), None)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        if isinstance(out, dict) and out.get("kind") == "Pod":
+            return dict(out)
+        return {"kind": "Status", "metadata": {"name": name, "namespace": namespace}}  # deleted: truthy
 
     def _delete(self, path: str, body: Any) -> bool:
         try:
