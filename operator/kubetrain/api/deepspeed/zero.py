@@ -111,11 +111,12 @@ def resolve_offload(ctx: Context, strategy: str) -> api.OffloadSpec | None:
     sec = zero_section(ctx)
     opt_dev, opt_pin = _offload_block(ctx, sec, "offload_optimizer", OFFLOAD_OPTIMIZER_KEYS)
     par_dev, par_pin = _offload_block(ctx, sec, "offload_param", OFFLOAD_PARAM_KEYS)
-    legacy_pin = sec.get("cpu_offload_use_pin_memory")
+    # The deprecated flags become {device: cpu} with the block's defaults (DeepSpeed does not carry
+    # cpu_offload_use_pin_memory over).
     if sec.get("cpu_offload") is True and "offload_optimizer" not in sec:
-        opt_dev, opt_pin = "cpu", bool(legacy_pin) if legacy_pin is not None else False
+        opt_dev, opt_pin = "cpu", OFFLOAD_PIN_DEFAULT
     if sec.get("cpu_offload_param") is True and "offload_param" not in sec:
-        par_dev, par_pin = "cpu", bool(legacy_pin) if legacy_pin is not None else False
+        par_dev, par_pin = "cpu", OFFLOAD_PIN_DEFAULT
     if par_dev == "cpu" and strategy != "zero3":
         ctx.notes.append(f"{Z}.offload_param applies only at ZeRO stage 3 (DeepSpeed ignores it at "
                          f"{strategy}); parameters are not offloaded")
