@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kubetrain_trainer import fp8
 from kubetrain.api import ModelSpec
 from kubetrain.api.modelsize import PRESETS
+from kubetrain_trainer import fp8
 from kubetrain_trainer.errors import ModelError, SpecError
 from kubetrain_trainer.models import GPT, build_model
 

@@ -105,9 +105,8 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
 )
 def test_count_equals_the_trainers_module(sizes: dict[str, Any]) -> None:
     torch = pytest.importorskip("torch")
-    from kubetrain_trainer.models import build_model
-
     from kubetrain.api import ModelSpec
+    from kubetrain_trainer.models import build_model
 
     with torch.device("meta"):  # no memory, instant even for 1.3B
         built = build_model(ModelSpec(**sizes))

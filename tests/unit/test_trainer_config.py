@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,15 @@ def test_the_trainer_writes_no_default() -> None:
     assert "importlib" not in source
 
 
+def test_the_trainer_names_no_environment_variable_itself() -> None:
+    """`KUBETRAIN_*` names come from kubetrain.api.constants (the operator sets them from there)."""
+    for path in TRAINER.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not re.fullmatch(r"KUBETRAIN_[A-Z0-9_]+", node.value), (
+                    f"{path.relative_to(TRAINER)}:{node.lineno}: {node.value!r}: use kubetrain.api.constants")
+
+
 # ------------------------------------------------------------------------------ every bound
 
 
@@ -145,7 +155,7 @@ def _outside(bound: Any, is_float: bool) -> Any:
 def _violations(model: type[BaseModel], path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(wire path, bad value) for every numeric bound and every Literal choice under `model`."""
     for name, field in model.model_fields.items():
-        wire = path + (field.alias or name,)
+        wire = (*path, field.alias or name)
         sub = _model_in(field.annotation)
         if sub is not None:
             yield from _violations(sub, wire)

@@ -10,9 +10,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import SpecError
+from kubetrain.api.constants import ENV_DEVICE
 
-DEFAULT_TIMEOUT_S = 600.0
+from .errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -36,33 +36,34 @@ class DistContext:
 def pick_device(gpus_per_worker: int | None, local_rank: int) -> torch.device:
     """``$KUBETRAIN_DEVICE`` (cpu|cuda) wins; else CUDA when asked for (gpusPerWorker > 0) or, when the
     spec does not say, when present."""
-    forced = os.environ.get("KUBETRAIN_DEVICE", "").strip().lower()
+    forced = os.environ.get(ENV_DEVICE, "").strip().lower()
     want_cuda = forced == "cuda" or (not forced and gpus_per_worker != 0 and torch.cuda.is_available())
     if forced not in ("", "cpu", "cuda"):
-        raise SpecError(f"KUBETRAIN_DEVICE must be cpu or cuda, got {forced!r}")
+        raise SpecError(f"{ENV_DEVICE} must be cpu or cuda, got {forced!r}")
     if not want_cuda and gpus_per_worker and not forced:
         raise SpecError(
             f"spec.workers.gpusPerWorker is {gpus_per_worker} but no CUDA device is visible "
-            "(set KUBETRAIN_DEVICE=cpu to run on CPU anyway)"
+            f"(set {ENV_DEVICE}=cpu to run on CPU anyway)"
         )
     if want_cuda:
         if not torch.cuda.is_available():
-            raise SpecError("KUBETRAIN_DEVICE=cuda but no CUDA device is visible")
+            raise SpecError(f"{ENV_DEVICE}=cuda but no CUDA device is visible")
         index = local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
 
 
-def init(gpus_per_worker: int | None = None, timeout_s: float | None = None) -> DistContext:
-    """Join the process group torchrun describes in the environment (or a 1-process group)."""
+def init(gpus_per_worker: int | None, timeout_s: float) -> DistContext:
+    """Join the process group torchrun describes in the environment (or a 1-process group).
+    ``timeout_s``: of one collective (``spec.elastic.collectiveTimeoutSeconds``)."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     device = pick_device(gpus_per_worker, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S)
+    timeout = timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(

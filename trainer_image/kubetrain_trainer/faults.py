@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from kubetrain.api import constants as k
+
 
 def _steps(name: str) -> frozenset[int]:
     raw = os.environ.get(name, "").strip()
@@ -43,15 +45,15 @@ class Faults:
     @classmethod
     def from_env(cls) -> Faults:
         return cls(
-            inf_grad_steps=_steps("KUBETRAIN_FAULT_INF_GRAD_STEPS"),
-            nan_loss_steps=_steps("KUBETRAIN_FAULT_NAN_LOSS_STEPS"),
-            rank=int(os.environ.get("KUBETRAIN_FAULT_RANK", "0")),
-            save_hang_step=int(os.environ["KUBETRAIN_FAULT_SAVE_HANG_STEP"])
-            if os.environ.get("KUBETRAIN_FAULT_SAVE_HANG_STEP") else None,
-            stop_save_sleep_s=float(os.environ.get("KUBETRAIN_FAULT_STOP_SAVE_SLEEP_SECONDS") or 0.0),
-            step_sleep_s=float(os.environ.get("KUBETRAIN_FAULT_STEP_SLEEP_SECONDS") or 0.0),
-            nan_param_step=int(os.environ["KUBETRAIN_FAULT_NAN_PARAM_STEP"])
-            if os.environ.get("KUBETRAIN_FAULT_NAN_PARAM_STEP") else None,
+            inf_grad_steps=_steps(k.ENV_FAULT_INF_GRAD_STEPS),
+            nan_loss_steps=_steps(k.ENV_FAULT_NAN_LOSS_STEPS),
+            rank=int(os.environ.get(k.ENV_FAULT_RANK, "0")),
+            save_hang_step=int(os.environ[k.ENV_FAULT_SAVE_HANG_STEP])
+            if os.environ.get(k.ENV_FAULT_SAVE_HANG_STEP) else None,
+            stop_save_sleep_s=float(os.environ.get(k.ENV_FAULT_STOP_SAVE_SLEEP_SECONDS) or 0.0),
+            step_sleep_s=float(os.environ.get(k.ENV_FAULT_STEP_SLEEP_SECONDS) or 0.0),
+            nan_param_step=int(os.environ[k.ENV_FAULT_NAN_PARAM_STEP])
+            if os.environ.get(k.ENV_FAULT_NAN_PARAM_STEP) else None,
         )
 
     def inf_grad(self, step: int, rank: int) -> bool:

@@ -25,6 +25,8 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kubetrain.api.constants import ENV_COMPILE_BACKEND
+
 from .distributed import DistContext
 from .errors import SpecError
 from .models import BuiltModel
@@ -110,7 +112,7 @@ def parallelize(
     if compile:
         # $KUBETRAIN_COMPILE_BACKEND (default inductor) lets CPU tests use aot_eager: same Dynamo
         # tracing through the FSDP/checkpoint hooks, without minutes of C++ codegen.
-        backend = os.environ.get("KUBETRAIN_COMPILE_BACKEND", "inductor")
+        backend = os.environ.get(ENV_COMPILE_BACKEND, "inductor")
         for block in built.blocks or [model]:
             block.compile(backend=backend)
     params = list(dict.fromkeys(model.parameters()))  # de-duplicated (tied embeddings)

@@ -19,6 +19,8 @@ import time
 from types import FrameType
 from typing import Any
 
+from kubetrain.api.constants import ENV_LAUNCH_DIR
+
 _requested_at: float | None = None  # time.monotonic() of the first stop signal
 _signal_name: str | None = None
 _listeners: list[Any] = []
@@ -31,7 +33,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     if not again:
         _requested_at = time.monotonic()
         _signal_name = signal.Signals(signum).name
-    if again and signum == signal.SIGINT and not os.environ.get("KUBETRAIN_LAUNCH_DIR"):
+    if again and signum == signal.SIGINT and not os.environ.get(ENV_LAUNCH_DIR):
         sys.stderr.write("second interrupt: exiting without a checkpoint\n")
         sys.stderr.flush()
         os._exit(130)

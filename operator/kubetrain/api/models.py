@@ -49,12 +49,13 @@ def _free_object(description: str, max_properties: int = 64, **kw: Any) -> Any:
     )
 
 
-def _string_map(description: str, max_properties: int = 64, max_value: int = 4096) -> Any:
-    """A map of strings (labels, annotations, node selector), bounded in keys and value length."""
-    return Field(
-        default=None, description=description, max_length=max_properties,
-        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": max_value}},
-    )
+def _string_map(description: str, max_properties: int = 64) -> Any:
+    """A map of strings (labels, annotations, node selector), bounded in keys (values: see the type)."""
+    return Field(default=None, description=description, max_length=max_properties)
+
+
+LabelValue = Annotated[str, Field(max_length=63)]
+LongText = Annotated[str, Field(max_length=4096)]
 
 
 # Strings that reach a file system, a container runtime or a name field: no control characters
@@ -139,9 +140,9 @@ class WorkersSpec(ApiModel):
         "core/v1 LocalObjectReference list for pulling the image. Default: none.", 16
     )
     service_account_name: str | None = _name("ServiceAccount the worker pods run as. Default: the namespace's default.")
-    labels: dict[str, str] | None = _string_map("Extra labels on worker pods. Default: none.", max_value=63)
-    annotations: dict[str, str] | None = _string_map("Extra annotations on worker pods. Default: none.")
-    node_selector: dict[str, str] | None = _string_map("Node selector of worker pods. Default: none.", max_value=63)
+    labels: dict[str, LabelValue] | None = _string_map("Extra labels on worker pods. Default: none.")
+    annotations: dict[str, LongText] | None = _string_map("Extra annotations on worker pods. Default: none.")
+    node_selector: dict[str, LabelValue] | None = _string_map("Node selector of worker pods. Default: none.")
     tolerations: list[dict[str, Any]] | None = _free_list(
         "Tolerations of worker pods (core/v1 Toleration). Default: none.", 64
     )

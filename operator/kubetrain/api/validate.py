@@ -103,6 +103,10 @@ def _describe(err: Any, root: type[BaseModel]) -> Problem:
     if kind in bounds:
         op, key = bounds[kind]
         return Problem(path, f"must be {op} {ctx.get(key)} (got {value!r})", f"set a value {op} {ctx.get(key)}")
+    if kind in {"string_too_short", "string_too_long"}:
+        if kind == "string_too_long":
+            return Problem(path, f"at most {ctx.get('max_length')} characters allowed (got {len(raw)})", "shorten it")
+        return Problem(path, f"at least {ctx.get('min_length')} characters needed", "write a longer value")
     if kind in {"too_short", "too_long"}:
         unit = "keys" if ctx.get("field_type") == "Dictionary" else "items"
         if kind == "too_long":
@@ -138,10 +142,17 @@ def model_problems(obj: dict[str, Any]) -> list[Problem]:
     return []
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def non_finite_problems(value: Any, path: str = "") -> list[Problem]:
-    """NaN and infinities anywhere (free-form fields included): kubectl cannot even send them."""
+    """NaN and infinities anywhere (free-form fields included): kubectl cannot even send them; and
+    integers beyond int64, which no API server field holds (the file reader already turned those
+    into floats, as the API server does; this catches objects built in Python)."""
     if isinstance(value, float) and not math.isfinite(value):
         return [_not_finite(path or "(document)")]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        return [Problem(path or "(document)", "is beyond the 64-bit integer range", "write a smaller number")]
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in non_finite_problems(v, f"{path}.{k}" if path else str(k))]
     if isinstance(value, list):

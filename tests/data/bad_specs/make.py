@@ -111,8 +111,10 @@ CASES: dict[str, tuple[bytes, str, str, str]] = {
     "bool-y.yaml": (job("  model: {tieEmbeddings: y}\n").encode(), "accept", "accept", "y is true for kubectl"),
     "benign-alias.yaml": (job("  training: &t {maxSteps: 3}\n  elastic: {maxRestarts: 1}\n").encode(), "accept",
                           "accept", "an anchor without a bomb"),
-    "too-big-for-memory.yaml": (job("  model: {preset: 1.3B}\n  training: {maxSteps: 1}\n").encode(), "accept",
-                                "accept", "valid everywhere; `kubetrain local` refuses it on a small machine"),
+    "too-big-for-memory.yaml": (job("  model: {preset: 1.3B}\n  training: {maxSteps: 1, globalBatchSize: 1024, "
+                                    "microBatchSize: 1024}\n").encode(), "accept",
+                                "accept", "valid everywhere, but its activations alone need terabytes: `kubetrain local` refuses it "
+                                "with the planner's numbers"),
 }
 
 
