@@ -182,7 +182,7 @@ BATCH_CASES = [
 def test_batch_arithmetic_verdicts_equal_deepspeeds(world: int) -> None:
     """Every combination of the three batch keys at the job's own world size: the same accept/reject, and
     the same three numbers when accepted."""
-    mismatches = []
+    mismatches: list[tuple[Any, ...]] = []
     for ds in BATCH_CASES:
         spec = api.TrainingJobSpec.model_validate({"workers": {"replicas": world}, "deepspeed": ds})
         res = analyse(spec)
@@ -195,7 +195,7 @@ def test_batch_arithmetic_verdicts_equal_deepspeeds(world: int) -> None:
             mismatches.append((ds, "Kubetrain rejects", [str(p) for p in res.problems]))
             continue
         t = res.spec.training
-        micro = t.micro_batch_size or t.global_batch_size // world
+        micro = t.micro_batch_size or (t.global_batch_size or 0) // world
         got = (t.global_batch_size, micro, res.gradient_accumulation_steps)
         want = (theirs.train_batch_size, theirs.train_micro_batch_size_per_gpu, theirs.gradient_accumulation_steps)
         if got != want:
