@@ -41,6 +41,7 @@ from .optim import build_optimizer, set_lr
 from .parallel import check_combination, parallelize
 from .precision import make_plan as make_precision_plan
 from .sync import make_syncer, replicate_only
+from .tensor_parallel import make_mesh
 
 log = logging.getLogger("kubetrain_trainer")
 
@@ -95,7 +96,12 @@ class Trainer:
         if cfg.dtype == "fp8":
             fp8.check_supported(ctx.device)
         check_combination(cfg.strategy, cfg.dtype)
-        self.batch_plan = make_plan(cfg.global_batch_size, t.micro_batch_size, ctx.world_size, ctx.rank)
+        # Tensor parallelism: a (dp, tp) mesh; the batch is split over the dp ranks only (the tp ranks
+        # of a group read the same samples), so every step still consumes exactly globalBatchSize.
+        tp = cfg.parallel.tensor_parallel
+        self.mesh = make_mesh(ctx.device.type, ctx.world_size, ctx.local_world_size, tp) if tp > 1 else None
+        self.dp_size, self.dp_rank = ctx.world_size // tp, ctx.rank // tp
+        self.batch_plan = make_plan(cfg.global_batch_size, t.micro_batch_size, self.dp_size, self.dp_rank)
         try:
             self.schedule: LRSchedule = make_schedule(cfg.schedule_type, cfg.schedule.params or {}, base_lr=cfg.lr)
         except ScheduleError as e:
@@ -114,11 +120,13 @@ class Trainer:
             built, cfg.strategy, self.precision, ctx,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile,
             replicate_only=replicate_only(cfg.sync_mode),
+            mesh=self.mesh, sequence_parallel=cfg.parallel.sequence_parallel_on, tp_plan=cfg.model.tensor_parallel_plan,
         )
         self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
         # How replicas stay in sync (sync.py); its state_dict() is part of the resume state.
         self.syncer = make_syncer(cfg.sync, self.par, ctx, self.precision, self.batch_plan.accum_steps)
-        torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs per rank
+        # dropout differs per data-parallel rank; the tp ranks of a group share it (replicated regions agree)
+        torch.manual_seed(t.seed + 1 + self.dp_rank)
 
         self.loader = Loader(corpus, self.batch_plan, ctx.device)
         n_devices = ctx.world_size  # peak_flops: None on CPU unless $KUBETRAIN_PEAK_FLOPS declares one
@@ -143,18 +151,19 @@ class Trainer:
         self._last_sync: float | None = None
         self._steady = [0, 0.0]  # steps after the first of this fit(), their summed step time
         if ctx.is_main:
+            dp = self.dp_size  # == world without tensor parallelism
             log.info(
-                "model %.2fM params, strategy %s, %s, world %d, global batch %d = %d x micro %d x accum %d",
-                built.n_params / 1e6, cfg.strategy, cfg.dtype, ctx.world_size,
-                cfg.global_batch_size, ctx.world_size, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
+                "model %.2fM params, strategy %s, %s, world %d (data-parallel %d x tensor-parallel %d), "
+                "global batch %d = %d x micro %d x accum %d",
+                built.n_params / 1e6, cfg.strategy, cfg.dtype, ctx.world_size, dp, tp,
+                cfg.global_batch_size, dp, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
             )
             if not self.batch_plan.even:
                 log.info(
-                    "uneven split: %d samples per rank on ranks < %d, %d on the others; micro-batches of at "
-                    "most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
-                    -(-cfg.global_batch_size // ctx.world_size), cfg.global_batch_size % ctx.world_size or ctx.world_size,
-                    cfg.global_batch_size // ctx.world_size, self.batch_plan.micro_batch, ctx.world_size,
-                    cfg.global_batch_size,
+                    "uneven split: %d samples per data-parallel rank on ranks < %d, %d on the others; "
+                    "micro-batches of at most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
+                    -(-cfg.global_batch_size // dp), cfg.global_batch_size % dp or dp,
+                    cfg.global_batch_size // dp, self.batch_plan.micro_batch, dp, cfg.global_batch_size,
                 )
 
     # ------------------------------------------------------------------ one step
@@ -169,18 +178,20 @@ class Trainer:
         accum = len(batch)
         loss_acc = torch.zeros((), device=self.ctx.device)
         for m, (x, y) in enumerate(batch):
-            with self.par.grad_sync(m == accum - 1), self.precision.autocast():
-                loss = self.built.loss_fn(self.par.module(x), y)
-            if self.faults.nan_loss(self.step + 1, self.ctx.rank):
-                loss = loss * float("nan")
-            if plan.even:  # today's arithmetic, bit for bit (weight == 1 / accum)
-                loss_acc += loss.detach().float()
-                (loss * (scale / accum)).backward()
-                continue
-            weight = plan.micro_weight(m)
-            if weight:
-                loss_acc += loss.detach().float() * weight
-            (loss * (scale * weight)).backward()  # weight 0: a padded micro-step, only for the collectives
+            with self.par.loss_context():  # loss_parallel (tensor parallelism) spans forward and backward
+                with self.par.grad_sync(m == accum - 1), self.precision.autocast():
+                    loss = self.built.loss_fn(self.par.module(x), y)
+                if self.faults.nan_loss(self.step + 1, self.ctx.rank):
+                    loss = loss * float("nan")
+                if plan.even:  # today's arithmetic, bit for bit (weight == 1 / accum)
+                    loss_acc += loss.detach().float()
+                    (loss * (scale / accum)).backward()
+                    continue
+                weight = plan.micro_weight(m)
+                if weight:
+                    loss_acc += loss.detach().float() * weight
+                (loss * (scale * weight)).backward()  # weight 0: a padded micro-step, only for the collectives
+        self.par.finish_grad_sync()
         return loss_acc / accum if plan.even else loss_acc
 
     def _set_schedule_lr(self) -> float:
@@ -285,14 +296,16 @@ class Trainer:
         total = torch.zeros((), device=self.ctx.device)
         for i in range(n):
             x, y = self.loader.eval_batch(i)
-            with self.precision.autocast():
+            with self.par.loss_context(), self.precision.autocast():
                 loss = self.built.loss_fn(self.par.module(x), y).float()
             count = plan.micro_count(i % plan.accum_steps)
             if count:
                 total += loss * count
         if self.ctx.world_size > 1:
             dist.all_reduce(total)
-        return float(total.item()) / (self.cfg.training.eval_batches * plan.global_batch)
+        # every tp rank of a group holds its group's (identical) loss: count each group once
+        tp = self.ctx.world_size // self.dp_size
+        return float(total.item()) / (self.cfg.training.eval_batches * plan.global_batch * tp)
 
     # ------------------------------------------------------------------ loop
 

@@ -9,6 +9,11 @@
 
 All four average gradients over ranks; the engine scales each micro-batch loss by
 ``1 / accum_steps`` so the result is the mean over the global batch.
+
+With ``parallelism.tensorParallel`` > 1 (``tensor_parallel``) the model is first split over the tp
+dimension of a ``(dp, tp)`` mesh and the strategy runs over ``dp``: zero2/zero3 shard with
+``fully_shard(mesh=dp)`` (2-D DTensors), ddp all-reduces the local gradient shards over the dp group
+itself (``finish_grad_sync``: DDP takes no DTensor parameters).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.distributed._composable import checkpoint as ac_checkpoint
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,6 +37,7 @@ from .distributed import DistContext
 from .errors import SpecError
 from .models import BuiltModel
 from .precision import PrecisionPlan
+from .tensor_parallel import apply_tp, dp_all_reduce_grads, loss_context, tp_grad_norm
 
 FSDP_STRATEGIES = ("zero2", "zero3")
 
@@ -41,6 +48,22 @@ class Parallelized:
     inner: nn.Module  # the unwrapped model (state-dict FQNs as built)
     strategy: str
     params: list[nn.Parameter] = field(default_factory=list)
+    tp_mesh: DeviceMesh | None = None  # the (dp, tp) mesh when tensorParallel > 1
+    loss_parallel: bool = False  # logits sharded over the vocabulary: loss_parallel() around fwd + bwd
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.tp_mesh["tp"].size() if self.tp_mesh is not None else 1
+
+    def loss_context(self) -> contextlib.AbstractContextManager[None]:
+        """Around forward and backward of every micro batch (and evaluation)."""
+        return loss_context(self.loss_parallel)
+
+    def finish_grad_sync(self) -> None:
+        """After the last micro batch's backward: ddp over the dp sub-mesh with tensor parallelism."""
+        if self.tp_mesh is not None and not self.is_fsdp:
+            dp = self.tp_mesh["dp"]
+            dp_all_reduce_grads(self.grads(), dp.get_group(), dp.size())
 
     @property
     def is_fsdp(self) -> bool:
@@ -64,6 +87,8 @@ class Parallelized:
         grads = self.grads()
         if not grads:
             return torch.zeros((), device=self.params[0].device)
+        if self.tp_mesh is not None:  # DTensors on the tp and (dp, tp) meshes, replicated ones counted once
+            return tp_grad_norm(grads, grads[0].device)
         norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
@@ -100,10 +125,22 @@ def parallelize(
     activation_checkpointing: bool = False,
     compile: bool = False,
     replicate_only: bool = False,
+    mesh: DeviceMesh | None = None,
+    sequence_parallel: bool = True,
+    tp_plan: str | None = None,
 ) -> Parallelized:
     """``replicate_only``: ddp without the DDP wrapper, for the sync modes that never all-reduce
-    gradients (localSGD, diloco: ``sync.py`` averages the parameters itself)."""
+    gradients (localSGD, diloco: ``sync.py`` averages the parameters itself). ``mesh``: the
+    ``(dp, tp)`` mesh of tensor parallelism (``tensor_parallel.make_mesh``), None without it."""
     model = built.module
+    loss_par = False
+    if mesh is not None:
+        if strategy == "zero1" or replicate_only:
+            raise SpecError(
+                "parallelism.tensorParallel > 1 works with strategy ddp, zero2 or zero3 and sync.mode allreduce "
+                f"(got strategy {strategy}); see docs/parallelism.md"
+            )
+        loss_par = apply_tp(built, mesh["tp"], sequence_parallel, tp_plan)
     if activation_checkpointing:
         if not built.blocks:
             raise SpecError("training.activationCheckpointing needs a model with transformer blocks")
@@ -119,11 +156,14 @@ def parallelize(
     if strategy in FSDP_STRATEGIES:
         reshard = strategy == "zero3"
         mp = plan.mp_policy()
+        dp_mesh = mesh["dp"] if mesh is not None else None
         for block in built.blocks:
-            fully_shard(block, reshard_after_forward=reshard, mp_policy=mp)
-        fully_shard(model, reshard_after_forward=reshard, mp_policy=mp)
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
         assert isinstance(model, FSDPModule)
-        return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())))
+        return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())), mesh, loss_par)
+    if mesh is not None:  # ddp over dp: finish_grad_sync all-reduces the local shards
+        return Parallelized(model, model, strategy, params, mesh, loss_par)
     if strategy in ("ddp", "zero1"):
         if ctx.world_size == 1 or replicate_only:  # no gradient all-reduce: skip DDP's hooks entirely
             return Parallelized(model, model, strategy, params)

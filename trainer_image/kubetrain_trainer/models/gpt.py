@@ -1,4 +1,8 @@
-"""A small, fast decoder-only GPT: pre-norm blocks, scaled_dot_product_attention, optional tied embeddings."""
+"""A small, fast decoder-only GPT: pre-norm blocks, scaled_dot_product_attention, optional tied embeddings.
+
+Tensor-parallel friendly (``kubetrain_trainer.tensor_parallel``): the fused q/k/v weight is laid out by
+head, so splitting its rows into ``tp`` blocks splits attention by heads.
+"""
 
 from __future__ import annotations
 
@@ -26,20 +30,24 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
+    """One fused q/k/v projection whose output rows are grouped by head: ``[q_h, k_h, v_h]`` for
+    head 0, 1, ... So a column split of ``qkv`` (tensor parallelism) is a split by heads, and the
+    forward, which reshapes to ``(-1 heads, 3, head_dim)``, is the same on a rank that holds
+    ``n_heads / tp`` of them."""
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        b, t = x.shape[0], x.shape[1]
+        q, k, v = self.qkv(x).view(b, t, -1, 3, self.head_dim).transpose(1, 2).unbind(dim=3)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
