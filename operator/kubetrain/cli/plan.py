@@ -139,8 +139,17 @@ def _header(p: Plan) -> list[str]:
     if p.gpu is not None:
         where += f"; {p.peak_flops / 1e12:g} TFLOP/s {p.dtype})" if p.peak_flops else ")"
     lines.append(f"  world        {p.world_size} ranks on {where}")
+    dp = p.data_parallel or p.world_size
+    if p.tensor_parallel > 1:
+        sp = "on" if p.sequence_parallel else "off"
+        lines.append(f"  mesh         data-parallel {dp} x tensor-parallel {p.tensor_parallel} (sequence parallel {sp}); "
+                     "memory below is per rank of this mesh")
+        if p.tp_collectives:
+            c = p.tp_collectives
+            lines.append(f"  TP traffic   {c.per_layer} {c.kind} per layer per micro batch; "
+                         f"{c.bytes_per_step / GIB:.3g} GiB sent per rank per step")
     accum = f" x accum {p.accum_steps}" if p.accum_steps else ""
-    lines.append(f"  batch        global {p.global_batch} = {p.world_size} ranks x micro {p.micro_batch}{accum}; "
+    lines.append(f"  batch        global {p.global_batch} = {dp} data-parallel ranks x micro {p.micro_batch}{accum}; "
                  f"{p.global_batch * p.seq_len:,} tokens per step")
     master = " (fp32 master weights)" if p.dtype != "fp32" else ""
     ac = "on" if p.activation_checkpointing else "off"

@@ -245,6 +245,7 @@ def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) ->
          else api.StorageSpec().mount_path},
         {"name": k.ENV_JOB_NAME, "value": job.name},
         {"name": k.ENV_WORKER_INDEX, "value": str(index)},
+        {"name": k.ENV_TENSOR_PARALLEL, "value": str(spec.parallelism.tensor_parallel)},
         {"name": k.ENV_RESTART_GENERATION, "value": str(generation)},
         {"name": k.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": k.ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},

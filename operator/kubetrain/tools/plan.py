@@ -39,6 +39,7 @@ from kubetrain.api.modelsize import (
     gpu_memory_bytes,
     peak_flops,
 )
+from kubetrain.tools import plan_tp
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # least communication and overhead first
 MIXED_DTYPES = frozenset({"bf16", "fp16", "fp8"})
@@ -123,6 +124,11 @@ class Plan:
     fits: bool | None
     suggestion: str
     notes: tuple[str, ...]
+    # tensor parallelism (plan_tp): world = data_parallel x tensor_parallel; memory is per rank of that mesh
+    tensor_parallel: int = 1
+    sequence_parallel: bool = False
+    data_parallel: int = 0
+    tp_collectives: plan_tp.TPCollectives | None = None
 
     def memory_of(self, strategy: str) -> StrategyMemory | None:
         return next((m for m in self.memory if m.strategy == strategy), None)
@@ -320,8 +326,12 @@ class _Inputs:
     opt_bytes: int
     dropout: float
     usable: int | None
+    tp: int = 1  # world_size above is then the data-parallel size, n_params the whole model's
+    sp: bool = False
 
     def memory(self, strategy: str, micro: int, checkpointing: bool) -> StrategyMemory:
+        if self.tp > 1:
+            return self._memory_tp(strategy, micro, checkpointing)
         parts = gpt_param_breakdown(self.size) if self.size else None
         act = activations_for(self.size, micro, self.dtype, strategy, self.dropout)
         return strategy_memory(
@@ -329,6 +339,21 @@ class _Inputs:
             opt_bytes=self.opt_bytes, parts=parts, activations=act.at(checkpointing) if act else None,
             usable=self.usable,
         )
+
+    def _memory_tp(self, strategy: str, micro: int, checkpointing: bool) -> StrategyMemory:
+        """One rank of the (dp, tp) mesh: its tp slice of the model, sharded or replicated over dp."""
+        parts = plan_tp.split_breakdown(self.size, self.tp) if self.size else None
+        act = plan_tp.activation_bytes(
+            self.size, micro, self.dtype, strategy, checkpointing=checkpointing, dropout=self.dropout,
+            tp=self.tp, sequence_parallel=self.sp,
+        ) if self.size else None
+        return strategy_memory(
+            strategy, n_params=parts.total if parts else -(-self.n_params // self.tp), world_size=self.world_size,
+            dtype=self.dtype, opt_bytes=self.opt_bytes, parts=parts, activations=act, usable=self.usable,
+        )
+
+    def with_tp(self, tp: int) -> _Inputs:
+        return dataclasses.replace(self, tp=tp, world_size=self.world_size * self.tp // tp, sp=tp > 1)
 
 
 def micro_batch_options(global_batch: int, world_size: int) -> list[int]:
@@ -397,7 +422,11 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     for GPUs). `params` overrides the parameter count (required to size an entrypoint model).
     Raises PlanError for an unknown GPU or a spec the DeepSpeed mapping rejects."""
     world = world_size or spec.workers.replicas * spec.workers.procs
-    spec = resolve_spec(spec, world)
+    tp = spec.parallelism.tensor_parallel
+    if world % tp:
+        raise PlanError(f"tensorParallel {tp} does not divide the world size {world}")
+    dp = world // tp  # DeepSpeed's batch rule and the global-batch split count data-parallel ranks
+    spec = resolve_spec(spec, dp)
     gpu_name = gpu if gpu is not None else (DEFAULT_GPU if spec.workers.gpus_per_worker > 0 else "cpu")
     label, mem = _resolve_gpu(gpu_name)
     on_gpu = label is not None
@@ -409,8 +438,8 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     optimizer = spec.optimizer.type or "AdamW"
     opt_bytes = optimizer_state_bytes(optimizer, spec.optimizer.momentum or 0.0)
     global_batch = t.global_batch_size or 8
-    micro = t.micro_batch_size or max(1, math.ceil(global_batch / world))
-    accum = _accumulation(global_batch, micro, world, notes)
+    micro = t.micro_batch_size or max(1, math.ceil(global_batch / dp))
+    accum = _accumulation(global_batch, micro, dp, notes)
 
     size = model_size(spec.model)
     seq_len = size.seq_len if size else (spec.model.seq_len or PRESETS[DEFAULT_PRESET]["seq_len"])
@@ -423,12 +452,15 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
                      + (" (fp8 needs compute capability >= 8.9)" if dtype == "fp8" else ""))
     usable = round(mem * (1 - headroom)) if mem else None
 
-    inputs = _Inputs(size, n_params or 0, world, dtype, opt_bytes, spec.model.dropout, usable)
+    sp = spec.parallelism.sequence_parallel_on
+    inputs = _Inputs(size, n_params or 0, dp, dtype, opt_bytes, spec.model.dropout, usable, tp, sp)
     memory = tuple(inputs.memory(s, micro, t.activation_checkpointing) for s in STRATEGIES) if n_params else ()
     current = next((m for m in memory if m.strategy == strategy), None)
     flops_step = fpt * global_batch * seq_len if fpt else None
     step_time = flops_step / (world * peak * mfu) if flops_step and peak else None
-    suggestion = _suggestion(inputs, strategy, micro, t.activation_checkpointing, global_batch, world, n_params)
+    suggestion = _suggestion(inputs, strategy, micro, t.activation_checkpointing, global_batch, dp, n_params)
+    suggestion += _tp_suggestion(inputs, current, size, spec.workers.procs, micro, t.activation_checkpointing)
+    tp_comm = plan_tp.collectives(size, micro, accum or 1, dtype, tp, sp) if size and tp > 1 else None
     _common_notes(notes, dtype, t.activation_checkpointing, size, on_gpu)
     if gpu is None and on_gpu:
         notes.append(f"no --gpu given: planned for {DEFAULT_GPU}")
@@ -440,12 +472,42 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
         flops_per_token=fpt, world_size=world, gpu=label, gpu_memory_bytes=mem, usable_bytes=usable,
         peak_flops=peak, dtype=dtype, strategy=strategy, optimizer=optimizer, global_batch=global_batch,
         micro_batch=micro, accum_steps=accum, seq_len=seq_len, activation_checkpointing=t.activation_checkpointing,
-        activations=activations_for(size, micro, dtype, strategy, spec.model.dropout), memory=memory,
+        activations=_activations(inputs, micro, strategy), memory=memory,
         flops_per_step=flops_step, mfu=mfu, step_time_s=step_time,
         tokens_per_s=global_batch * seq_len / step_time if step_time else None,
         run_time_s=step_time * t.max_steps if step_time else None, max_steps=t.max_steps,
         fits=current.fits if current else None, suggestion=suggestion, notes=tuple(notes),
+        tensor_parallel=tp, sequence_parallel=sp, data_parallel=dp, tp_collectives=tp_comm,
     )
+
+
+def _activations(inputs: _Inputs, micro: int, strategy: str) -> Activations | None:
+    if inputs.tp == 1 or inputs.size is None:
+        return activations_for(inputs.size, micro, inputs.dtype, strategy, inputs.dropout)
+    at = {ac: plan_tp.activation_bytes(inputs.size, micro, inputs.dtype, strategy, checkpointing=ac,
+                                       dropout=inputs.dropout, tp=inputs.tp, sequence_parallel=inputs.sp)
+          for ac in (False, True)}
+    return Activations(micro, at[False], at[True])
+
+
+def _tp_suggestion(inputs: _Inputs, current: StrategyMemory | None, size: GPTSize | None, procs: int,
+                   micro: int, checkpointing: bool) -> str:
+    """When no strategy fits at this tensorParallel: the smallest larger one (dividing procsPerWorker,
+    nHeads and vocabSize) with which one does."""
+    if inputs.usable is None or current is None or size is None:
+        return ""
+    if any(inputs.memory(s, micro, checkpointing).fits for s in STRATEGIES if s != "zero1" or inputs.tp == 1):
+        return ""
+    for tp in plan_tp.tp_options(size, procs, inputs.tp):
+        if (inputs.world_size * inputs.tp) % tp:
+            continue
+        wider = inputs.with_tp(tp)
+        for s in ("ddp", "zero2", "zero3"):
+            m = wider.memory(s, micro, checkpointing)
+            if m.fits:
+                return (f"; tensor parallelism is needed to fit: tensorParallel {tp} with {s} fits "
+                        f"({_gib(m.total_bytes)} per GPU)")
+    return ""
 
 
 def known_gpus() -> list[str]:

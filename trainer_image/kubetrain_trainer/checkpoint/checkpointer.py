@@ -131,8 +131,10 @@ class Checkpointer:
         t0 = time.monotonic()
         meta = read_meta(path)
         saved_world = int(meta.get("world_size") or 0)
-        same_world = saved_world == self.world
         trainer = self.trainer
+        # the same layout: same world and tensor-parallel size (a tp change reshards through DCP too)
+        same_world = saved_world == self.world and int(meta.get("tensor_parallel") or 1) == (
+            trainer.cfg.parallel.tensor_parallel)
         replica = None
         if full and meta.get("per_replica") and saved_world:
             # This rank's own replica at the same world size; otherwise a deterministic choice:

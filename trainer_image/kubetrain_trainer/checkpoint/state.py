@@ -119,10 +119,10 @@ def load_sync(trainer: Trainer, path: Path) -> None:
 
 def reseed(trainer: Trainer, step: int) -> None:
     """The RNG policy when a checkpoint comes from another world size: a fresh deterministic stream
-    per (seed, rank, step)."""
+    per (seed, data-parallel rank, step) (the tp ranks of a group share theirs, as at the start)."""
     import torch
 
-    seed = (trainer.cfg.training.seed + 1 + trainer.ctx.rank) * 1_000_003 + step
+    seed = (trainer.cfg.training.seed + 1 + trainer.dp_rank) * 1_000_003 + step
     torch.manual_seed(seed % (2**63))
 
 
@@ -173,6 +173,7 @@ def build_meta(trainer: Trainer, step: int, world: int) -> dict[str, Any]:
         "format": FORMAT_VERSION,
         "step": step,
         "world_size": world,
+        "tensor_parallel": t.cfg.parallel.tensor_parallel,
         "strategy": t.cfg.strategy,
         "precision": t.cfg.dtype,
         "global_batch_size": t.cfg.global_batch_size,

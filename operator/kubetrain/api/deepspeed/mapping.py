@@ -105,7 +105,7 @@ def valid_world_sizes(spec: api.TrainingJobSpec) -> tuple[list[int], list[int]]:
     """
     res = analyse(spec)
     G = res.spec.training.global_batch_size or KUBETRAIN_DEFAULTS["globalBatchSize"]
-    procs = spec.workers.procs
+    procs = spec.workers.procs // spec.parallelism.tensor_parallel  # data-parallel ranks per worker
     valid: list[int] = []
     invalid: list[int] = []
     for count in range(spec.workers.min, spec.workers.max + 1):
