@@ -102,6 +102,7 @@ def test_wrong_values_fail_with_their_path(helm: str, setting: str, path: str) -
     assert path in out.stderr, out.stderr
 
 
+@pytest.mark.cluster
 def test_kustomize_monitoring_matches_the_chart(cluster: Cluster, rendered_all: list[dict[str, Any]]) -> None:
     objects = docs(cluster.kubectl("kustomize", str(MONITORING)).stdout)
     kinds = sorted(d["kind"] for d in objects)
@@ -153,6 +154,7 @@ def dry_run(cluster: Cluster, path: Path) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
 
 
+@pytest.mark.cluster
 def test_every_optional_object_passes_the_api_server(cluster: Cluster, prometheus_operator_crds: list[str],
                                                      rendered_all: list[dict[str, Any]], tmp_path: Path) -> None:
     optional = [d for d in rendered_all if d["kind"] in OPTIONAL | {"ConfigMap", "Service"}]
@@ -170,6 +172,7 @@ def test_every_optional_object_passes_the_api_server(cluster: Cluster, prometheu
     assert out.returncode != 0 and "spec.groups[0].rules[0].for" in out.stderr, out.stderr
 
 
+@pytest.mark.cluster
 def test_kustomize_monitoring_passes_the_api_server(cluster: Cluster, prometheus_operator_crds: list[str],
                                                     namespace: str, tmp_path: Path) -> None:
     path = tmp_path / "monitoring.yaml"
