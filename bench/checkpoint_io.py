@@ -4,17 +4,21 @@
     python bench/checkpoint_io.py --quick     # 124M widths with 4 layers (~1 GB), 6 rounds
     python bench/checkpoint_io.py --dir /mnt/ckpt --profile
 
-Measured: `kubetrain_trainer.checkpoint.Checkpointer.save` (the module the trainer uses: DCP
-`FileSystemWriter(sync_files=True)` — every data file fsynced —, kubetrain.json, rename, `latest`)
-of a real Trainer's state (model + AdamW moments after one step, strategy ddp), on 1 process and
-on 2 gloo ranks (DCP deduplicates the replicated tensors, each rank writes about half).
-Baseline, same run, same directory: one process writing the same number of bytes with plain
-sequential 8 MiB write() calls + fsync.  Ratio = checkpoint throughput / baseline throughput.
+Measured: `kubetrain_trainer.checkpoint.Checkpointer.save` (the module the trainer uses: the
+finiteness check, DCP `FileSystemWriter(sync_files=True)` — every data file fsynced — with every
+byte hashed (XXH3-64) as it is written, kubetrain.json, manifest.json, rename, `latest`) of a real
+Trainer's state (model + AdamW moments after one step, strategy ddp), on 1 process and on 2 gloo
+ranks (DCP deduplicates the replicated tensors, each rank writes about half).  Baseline, same run,
+same directory: one process writing the same number of bytes with plain sequential 8 MiB write()
+calls + fsync.  Ratio = checkpoint throughput / baseline throughput (target >= 0.7).
 
-Load: `Checkpointer.restore()` (DCP load into the live model and optimizer) after the checkpoint's
+Load: `Checkpointer.restore()` — verification of every file against the manifest (each rank reads
+and hashes a share), then the DCP load into the live model and optimizer — after the checkpoint's
 pages were dropped from the page cache (posix_fadvise DONTNEED on its files, clean after the
-fsync: only our files, nothing system-wide); its baseline, a sequential read of the baseline
-file after the same eviction.  Rounds alternate which of the two goes first.  Not a test.
+fsync: only our files, nothing system-wide).  Baselines: a sequential read of the baseline file
+after the same eviction, and the same restore with verification switched off (bench-side patch,
+files evicted again): the verification cost, target <= 1.10 x.  Rounds alternate which of save
+and plain write goes first.  Not a test.
 """
 
 from __future__ import annotations
@@ -108,16 +112,22 @@ def _section_times(prof: cProfile.Profile) -> dict[str, float]:
 
 def what_if(variants: str) -> None:
     """Try a change to the save path without editing the trainer (for the report, not the target):
-    crc32-off: torch.save computes no CRC32 of each record (DCP writes every tensor with torch.save);
-    threads=N: DCP's FileSystemWriter with N writer threads (the module uses the default, 1)."""
+    torch-crc32: torch.save also computes its CRC32 of each record (the trainer switches it off: the
+    manifest's XXH3-64 covers every byte); checksums-off: no XXH3-64 while writing either (DCP's
+    plain FileSystemWriter; the load then verifies nothing but kubetrain.json); threads=N: DCP's
+    FileSystemWriter with N writer threads (the module uses the default, 1)."""
     import functools
 
-    import torch
     import torch.distributed.checkpoint as dcp
 
+    from kubetrain_trainer.checkpoint import checkpointer
+
     for v in filter(None, variants.split(",")):
-        if v == "crc32-off":
-            torch.serialization.set_crc32_options(False)
+        if v == "torch-crc32":
+            checkpointer.TORCH_CRC32 = True
+        elif v == "checksums-off":
+            checkpointer.hashing_writer = (  # type: ignore[assignment]
+                lambda path, _rec: dcp.FileSystemWriter(str(path), sync_files=True))
         elif v.startswith("threads="):
             dcp.FileSystemWriter = functools.partial(  # type: ignore[misc,assignment]
                 dcp.FileSystemWriter, thread_count=int(v.split("=", 1)[1]))
@@ -131,6 +141,7 @@ def rank_side(args: argparse.Namespace) -> None:
 
     from kubetrain_trainer import config, distributed
     from kubetrain_trainer.checkpoint import Checkpointer, dir_bytes, step_dir_name
+    from kubetrain_trainer.checkpoint import restore as restore_mod
     from kubetrain_trainer.engine import Trainer
 
     torch.set_num_threads(1)
@@ -145,7 +156,8 @@ def rank_side(args: argparse.Namespace) -> None:
     build = time.perf_counter() - t
     ckpt = Checkpointer(trainer, root)
     buf = memoryview(torch.randint(0, 256, (CHUNK,), dtype=torch.uint8).numpy().tobytes())
-    rows: dict[str, list[float]] = {"save": [], "write": [], "load": [], "read": []}
+    rows: dict[str, list[float]] = {"save": [], "write": [], "load": [], "read": [], "verify": [],
+                                    "load_unverified": []}
     sections: dict[str, list[float]] = {}
 
     def barrier() -> None:
@@ -196,6 +208,19 @@ def rank_side(args: argparse.Namespace) -> None:
                 ckpt.restore()
                 barrier()
                 rows["load"].append(time.perf_counter() - t0)
+                rows["verify"].append(ckpt.verify_seconds or 0.0)  # part of the load: manifest checks
+                # The same load without verification (its files evicted again): what verifying costs.
+                if rank == 0:
+                    evict([p for p in (root / step_dir_name(step)).iterdir()])
+                barrier()
+                verify, restore_mod.verify = restore_mod.verify, lambda _comm, _path: None
+                try:
+                    t0 = time.perf_counter()
+                    ckpt.restore()
+                    barrier()
+                    rows["load_unverified"].append(time.perf_counter() - t0)
+                finally:
+                    restore_mod.verify = verify
                 assert trainer.step == 1, trainer.step  # the state saved after one step
     if args.profile:  # one more save, under cProfile on rank 0, outside the measured rounds
         if rank == 0:
@@ -260,7 +285,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir under $TMPDIR)")
     ap.add_argument("--profile", action="store_true",
                     help="one more save under cProfile (rank 0), after the measured rounds: where the time goes")
-    ap.add_argument("--what-if", default="", metavar="crc32-off,threads=N",
+    ap.add_argument("--what-if", default="", metavar="torch-crc32,checksums-off,threads=N",
                     help="measure a change to the save path (bench-side patch, see what_if()); not the target")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--rank-side", action="store_true", help=argparse.SUPPRESS)
@@ -304,6 +329,12 @@ def main() -> None:
             rows.append(Row(f"load, {world} proc (GB/s, vs plain read)", gb / load, gb / read, "-", None,
                             paired=r_ratio))
             rows.append(Row(f"load, {world} proc (s)", load, read, "-", None, " s"))
+            plain = statistics.median(r["load_unverified"])
+            cost = statistics.median(ld / u for ld, u in zip(r["load"], r["load_unverified"], strict=True))
+            rows.append(Row(f"  load verified vs unverified, {world} proc (s)", load, plain, "<= 1.10 x",
+                            cost <= 1.10, " s", paired=cost))
+            rows.append(Row(f"  of which verification (cold read + hash), {world} proc (s)",
+                            statistics.median(r["verify"]), load, "-", None, " s"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     notes.append("GB/s: medians over the rounds; ratio: median of the per-round ratios (each save paired with "

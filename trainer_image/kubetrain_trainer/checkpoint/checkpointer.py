@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubetrain_trainer")
 
+# torch.save computes a CRC32 of every record it writes (DCP writes each tensor with torch.save):
+# the manifest's checksum already covers every byte, so that second checksum is switched off for
+# our saves (loading does not need it; bench/checkpoint_io.py --what-if torch-crc32 measures it).
+TORCH_CRC32 = False
+
 
 @dataclass
 class _Pending:
@@ -180,6 +185,7 @@ class Checkpointer:
     def save(self, step: int, *, blocking: bool = True, stopping: bool = False, final: bool = False) -> bool:
         """Checkpoint the current state as step ``step`` (every rank calls this).  False: refused
         because the state is not finite (the previous checkpoint stays ``latest``)."""
+        import torch
         import torch.distributed.checkpoint as dcp
 
         self.wait_pending()
@@ -193,6 +199,7 @@ class Checkpointer:
             return False
         recorder = Recorder()
         writer = hashing_writer(tmp, recorder)
+        torch.serialization.set_crc32_options(TORCH_CRC32)
         try:
             if not blocking:
                 future = dcp.async_save(state, storage_writer=writer, process_group=self.async_group)
@@ -229,7 +236,7 @@ class Checkpointer:
                 *, stopping: bool = False) -> None:
         every = self.comm.all_gather({name: (r.size, r.digest) for name, r in recorder.files.items()})
         if self.rank == 0:
-            self._inject_commit_faults(step, stopping)
+            _inject_commit_faults(self.trainer, self.launch_dir, step, stopping)
             files = {name: FileRecord(*rec) for per_rank in every for name, rec in per_rank.items()}
             try:
                 meta_text = json.dumps(meta, indent=1) + "\n"
@@ -252,26 +259,6 @@ class Checkpointer:
             final = self.root / step_dir_name(step)
             late = f", in the background until step {self.trainer.step}" if self.trainer.step != step else ""
             log.info("checkpoint %s committed in %.2fs (%.1f MB%s)", final, seconds, dir_bytes(final) / 1e6, late)
-
-    def _inject_commit_faults(self, step: int, stopping: bool) -> None:
-        faults = self.trainer.faults
-        if stopping and faults.stop_save_sleep_s and self._fault_once("stop-save-sleep"):
-            log.warning("FAULT INJECTION: the stop checkpoint sleeps %gs before it commits", faults.stop_save_sleep_s)
-            time.sleep(faults.stop_save_sleep_s)
-        if faults.save_hang_step == step:
-            log.warning("FAULT INJECTION: the save of step %d hangs before it commits", step)
-            while True:
-                time.sleep(3600)
-
-    def _fault_once(self, name: str) -> bool:
-        """Fault injection: True the first time per launcher (always without one)."""
-        if self.launch_dir is None:
-            return True
-        token = self.launch_dir / f"fault-{name}-done"
-        if token.exists():
-            return False
-        token.touch()
-        return True
 
     # ------------------------------------------------------------------ async bookkeeping
 
@@ -354,6 +341,29 @@ class Checkpointer:
                 with contextlib.suppress(Exception):  # teardown must not turn success into failure
                     dist.destroy_process_group(self.async_group)
                 self.async_group = None
+
+
+def _inject_commit_faults(trainer: Trainer, launch_dir: Path | None, step: int, stopping: bool) -> None:
+    """FAULT INJECTION (tests; ``faults``): a slow stop checkpoint, a save that hangs before commit."""
+    faults = trainer.faults
+    if stopping and faults.stop_save_sleep_s and _fault_once(launch_dir, "stop-save-sleep"):
+        log.warning("FAULT INJECTION: the stop checkpoint sleeps %gs before it commits", faults.stop_save_sleep_s)
+        time.sleep(faults.stop_save_sleep_s)
+    if faults.save_hang_step == step:
+        log.warning("FAULT INJECTION: the save of step %d hangs before it commits", step)
+        while True:
+            time.sleep(3600)
+
+
+def _fault_once(launch_dir: Path | None, name: str) -> bool:
+    """Fault injection: True the first time per launcher (always without one)."""
+    if launch_dir is None:
+        return True
+    token = launch_dir / f"fault-{name}-done"
+    if token.exists():
+        return False
+    token.touch()
+    return True
 
 
 def _as_future(obj: Any) -> Future[Any]:
