@@ -535,6 +535,12 @@ class CheckpointSpec(ApiModel):
         description="Time allowed for the checkpoint taken on SIGTERM (preemption); the pods' "
         "terminationGracePeriodSeconds is this plus 30.",
     )
+    on_no_valid: Literal["fail", "restart"] = Field(
+        default="fail",
+        description="When the checkpoint directory holds checkpoints but none passes verification: fail "
+        "stops the run (exit 65, reason NoValidCheckpoint) and overwrites nothing; restart moves them "
+        "aside (step-N.damaged-...) and trains from step 0.",
+    )
 
 
 # ---------------------------------------------------------------------------------- elastic
@@ -593,12 +599,6 @@ class RunPolicySpec(ApiModel):
 
 
 # ------------------------------------------------------------------------------------- spec
-    on_no_valid: Literal["fail", "restart"] = Field(
-        default="fail",
-        description="When the checkpoint directory holds checkpoints but none passes verification: fail "
-        "stops the run (exit 65, reason NoValidCheckpoint) and overwrites nothing; restart moves them "
-        "aside (step-N.damaged-...) and trains from step 0.",
-    )
 
 _SUSPENDED_OLD = "(has(oldSelf.runPolicy) && has(oldSelf.runPolicy.suspend) && oldSelf.runPolicy.suspend)"
 

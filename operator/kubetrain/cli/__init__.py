@@ -18,9 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("kubetrain.cli.plan", "estimate parameters, per-GPU memory, FLOPs and step time; suggest what fits"),
     "schedule": ("kubetrain.cli.schedule", "print the learning rate of every step as the trainer will use it"),
     "export": ("kubetrain.cli.export", "consolidate a checkpoint's weights into safetensors (fp32, bf16, int8)"),
+    "checkpoint": ("kubetrain.cli.checkpoint", "verify a run's checkpoints offline (sizes and checksums)"),
 }
 
-    "checkpoint": ("kubetrain.cli.checkpoint", "verify a run's checkpoints offline (sizes and checksums)"),
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Only the chosen subcommand's module is imported: `kubetrain crd` must not pay for
