@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetrain.api import constants as k
+from kubetrain.api.deepspeed import gather_16bit_weights_on_model_save
 
 from . import config
 from .errors import EXIT_OK, EXIT_PREEMPTED, EXIT_RETRYABLE, TrainerError
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed  # torch import after argument parsing (fast --help)
 
     trainer = None
+    monitors: list[Any] = []
     fallback = args.run_dir or os.environ.get(k.ENV_RUN_DIR)
     run_dir: Path | None = Path(fallback) if fallback else None  # until the spec names the job
     rc = EXIT_OK
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import Trainer
         from .faults import Faults, poison_params
         from .metrics import metrics_port
+        from .monitor import open_monitors
 
         faults = Faults.from_env()
         trainer = Trainer(cfg, ctx, run_dir, metrics_port=metrics_port(), faults=faults, keep_history=False)
@@ -92,9 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         signals.on_request(lambda t=trainer: setattr(t, "stop_signal", True))
         checkpointer = Checkpointer(trainer, checkpoint_root(run_dir), launch_dir=launch_dir_from_env())
         trainer.callbacks.append(checkpointer.on_step)
+        monitors = open_monitors(cfg.spec.deepspeed, run_dir) if ctx.is_main else []
+        trainer.callbacks.extend(monitors)  # DeepSpeed's tensorboard / csv_monitor (monitor.py)
         checkpointer.restore()
         summary = trainer.fit()
         checkpointer.close()
+        if not trainer.stop_requested and gather_16bit_weights_on_model_save(cfg.spec.deepspeed):
+            from .final_weights import write_consolidated_16bit  # DeepSpeed's 16-bit save, all ranks
+
+            write_consolidated_16bit(trainer, run_dir / "final")
         if trainer.stop_requested:
             step = checkpointer.last_committed
             write_marker(launch_dir_from_env(), "preempted", rank, {"step": step})
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         write_failure(run_dir, rank, type(e).__name__, f"{e}", trainer.step if trainer else None)
         rc = EXIT_RETRYABLE
     finally:
+        for m in monitors:
+            m.close()
         if trainer is not None:
             trainer.close()
     if rc in (EXIT_OK, EXIT_PREEMPTED):

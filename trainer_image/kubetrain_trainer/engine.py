@@ -118,7 +118,7 @@ class Trainer:
         self.built = built
         self.par = parallelize(
             built, cfg.strategy, self.precision, ctx,
-            activation_checkpointing=t.activation_checkpointing, compile=t.compile,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile, offload=cfg.parallel.offload,
             replicate_only=replicate_only(cfg.sync_mode),
             mesh=self.mesh, sequence_parallel=cfg.parallel.sequence_parallel_on, tp_plan=cfg.model.tensor_parallel_plan,
         )

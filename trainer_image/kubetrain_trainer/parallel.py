@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from torch.distributed._composable import checkpoint as ac_checkpoint
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kubetrain.api import OffloadSpec
 from kubetrain.api.constants import ENV_COMPILE_BACKEND
 
 from .distributed import DistContext
@@ -116,6 +117,16 @@ def check_combination(strategy: str, precision: str) -> None:
         )
 
 
+def offload_policy(offload: OffloadSpec | None, ctx: DistContext) -> OffloadPolicy:
+    """parallelism.offload (DeepSpeed offload_optimizer / offload_param device cpu) as FSDP2's policy: the
+    parameter, gradient and optimizer-state shards live in host memory and the optimizer steps there.
+    pin_memory only means something with a GPU to copy to."""
+    if offload is None or offload.device != "cpu":
+        return OffloadPolicy()
+    pin = offload.pin_memory is not False and ctx.device.type == "cuda"
+    return CPUOffloadPolicy(pin_memory=pin)
+
+
 def parallelize(
     built: BuiltModel,
     strategy: str,
@@ -123,6 +134,7 @@ def parallelize(
     ctx: DistContext,
     *,
     activation_checkpointing: bool = False,
+    offload: OffloadSpec | None = None,
     compile: bool = False,
     replicate_only: bool = False,
     mesh: DeviceMesh | None = None,
@@ -156,10 +168,11 @@ def parallelize(
     if strategy in FSDP_STRATEGIES:
         reshard = strategy == "zero3"
         mp = plan.mp_policy()
+        off = offload_policy(offload, ctx)
         dp_mesh = mesh["dp"] if mesh is not None else None
         for block in built.blocks:
-            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=off)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=off)
         assert isinstance(model, FSDPModule)
         return Parallelized(model, model, strategy, list(dict.fromkeys(model.parameters())), mesh, loss_par)
     if mesh is not None:  # ddp over dp: finish_grad_sync all-reduces the local shards
