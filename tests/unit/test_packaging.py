@@ -23,7 +23,10 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 def test_operator_image_has_no_torch_and_is_non_root() -> None:
     ins = _instructions(REPO / "Dockerfile")
     runs = " ".join(rest for op, rest in ins if op == "RUN")
-    assert "[operator]" in runs and "torch" not in runs.replace("find_spec('torch')", "")
+    # The operator image installs exactly images/operator.lock (which has no torch) and checks.
+    assert "operator.lock" in runs and "torch" not in runs.replace("find_spec('torch')", "")
+    assert "find_spec('torch') is not None" in runs
+    assert "torch" not in (REPO / "images" / "operator.lock").read_text()
     users = [rest for op, rest in ins if op == "USER"]
     assert users and not users[-1].startswith(("0", "root"))
     assert ins[-1][0] == "CMD" and ins[-2][0] == "ENTRYPOINT"

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from kubetrain import __version__
+
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("kubetrain.cli.crd", "print the TrainingJob CustomResourceDefinition"),
@@ -26,6 +28,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Only the chosen subcommand's module is imported: `kubetrain crd` must not pay for
     (or need) torch or the Kubernetes client that other subcommands use."""
     parser = argparse.ArgumentParser(prog="kubetrain", description="Run large PyTorch training on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"kubetrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
