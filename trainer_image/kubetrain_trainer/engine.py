@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,13 @@ from .data import Loader, make_plan, open_corpus
 from .distributed import DistContext
 from .errors import DivergedError, SpecError
 from .faults import Faults
-from .metrics import (
-    JsonlLog,
-    MetricsServer,
-    Progress,
-    Throughput,
-    monotonic,
-    now_rfc3339,
-    peak_flops,
-    peak_memory_bytes,
-)
-from .models import build_model
-from .optim import build_optimizer, set_lr
+from .metrics import Throughput, monotonic, peak_flops, peak_memory_bytes
+from .models import BuiltModel, build_model
+from .optim import build_optimizer
 from .parallel import check_combination, parallelize
 from .precision import make_plan as make_precision_plan
+from .reporting import Reporter, Summary
+from .stepping import NonFiniteGuard, apply_schedule, clip_coefficient
 from .sync import make_syncer, replicate_only
 from .tensor_parallel import make_mesh
 
@@ -47,22 +39,14 @@ log = logging.getLogger("kubetrain_trainer")
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
-
-@dataclass
-class Summary:
-    steps: int
-    applied_steps: int
-    skipped_steps: int
-    final_loss: float | None
-    eval_loss: float | None
-    tokens_per_s: float | None
-    mfu: float | None
-    wall_time_s: float
-    world_size: int
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["Callback", "Summary", "Trainer"]
 
 
 class Trainer:
+    """Builds the job's pieces from the config (data, model, parallel wrapper, optimizer, syncer) and
+    runs steps: ``train_step`` (one global batch), ``evaluate``, ``fit`` (the loop). The rules around a
+    step live in ``stepping``, what a step leaves behind in ``reporting``."""
+
     def __init__(
         self,
         cfg: JobConfig,
@@ -80,7 +64,6 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.step = 0  # next iteration to run == iterations done
         self.applied_steps = 0
-        self.consecutive_non_finite = 0
         # Preemption: a signal handler sets stop_signal on its rank; the flag is summed into the step's
         # all-reduce, so every rank sets stop_requested after the same step (and stops there).
         self.stop_signal = False
@@ -93,6 +76,7 @@ class Trainer:
         t = cfg.training
 
         self.precision = make_precision_plan(cfg.precision, cfg.strategy, ctx.device)
+        self.guard = NonFiniteGuard(cfg.precision.max_consecutive_non_finite, self.precision.uses_loss_scaling)
         if cfg.dtype == "fp8":
             fp8.check_supported(ctx.device)
         check_combination(cfg.strategy, cfg.dtype)
@@ -134,37 +118,28 @@ class Trainer:
             cfg.global_batch_size * built.seq_len, built.flops_per_token,
             peak_flops(ctx.device, cfg.dtype), n_devices,
         )
-        self.progress = Progress(t.max_steps, ctx.world_size, trainingjob=cfg.name,
-                                 checkpoint_interval=cfg.checkpoint.interval_steps, device=ctx.device.type)
-        self.server: MetricsServer | None = None
-        if metrics_port and ctx.is_local_main:
-            try:
-                self.server = MetricsServer(self.progress, metrics_port)
-            except OSError as e:  # progress reporting must never stop training
-                log.warning("cannot serve /metrics on port %d: %s", metrics_port, e)
-        self.log: JsonlLog | None = None
-        if run_dir is not None and ctx.is_main:
-            self.log = JsonlLog(run_dir / "metrics.jsonl")
-        self.keep_history = keep_history  # every step record in memory (tests, benchmarks)
-        self.history: list[dict[str, Any]] = []
-        self.last_record: dict[str, Any] | None = None
+        self.reporter = Reporter(cfg, ctx, run_dir, metrics_port=metrics_port, throughput=self.throughput,
+                                 keep_history=keep_history)
         self._last_sync: float | None = None
-        self._steady = [0, 0.0]  # steps after the first of this fit(), their summed step time
         if ctx.is_main:
-            dp = self.dp_size  # == world without tensor parallelism
+            self._log_start(built)
+
+    def _log_start(self, built: BuiltModel) -> None:
+        """What this run is: model, strategy, precision, world and batch arithmetic."""
+        cfg, plan = self.cfg, self.batch_plan
+        dp, tp, g = self.dp_size, cfg.parallel.tensor_parallel, cfg.global_batch_size  # dp == world without tp
+        log.info(
+            "model %.2fM params, strategy %s, %s, world %d (data-parallel %d x tensor-parallel %d), "
+            "global batch %d = %d x micro %d x accum %d",
+            built.n_params / 1e6, cfg.strategy, cfg.dtype, self.ctx.world_size, dp, tp,
+            g, dp, plan.micro_batch, plan.accum_steps,
+        )
+        if not plan.even:
             log.info(
-                "model %.2fM params, strategy %s, %s, world %d (data-parallel %d x tensor-parallel %d), "
-                "global batch %d = %d x micro %d x accum %d",
-                built.n_params / 1e6, cfg.strategy, cfg.dtype, ctx.world_size, dp, tp,
-                cfg.global_batch_size, dp, self.batch_plan.micro_batch, self.batch_plan.accum_steps,
+                "uneven split: %d samples per data-parallel rank on ranks < %d, %d on the others; "
+                "micro-batches of at most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
+                -(-g // dp), g % dp or dp, g // dp, plan.micro_batch, dp, g,
             )
-            if not self.batch_plan.even:
-                log.info(
-                    "uneven split: %d samples per data-parallel rank on ranks < %d, %d on the others; "
-                    "micro-batches of at most %d weighted by samples x %d / %d (padded micro-steps weigh 0)",
-                    -(-cfg.global_batch_size // dp), cfg.global_batch_size % dp or dp,
-                    cfg.global_batch_size // dp, self.batch_plan.micro_batch, dp, cfg.global_batch_size,
-                )
 
     # ------------------------------------------------------------------ one step
 
@@ -194,20 +169,6 @@ class Trainer:
         self.par.finish_grad_sync()
         return loss_acc / accum if plan.even else loss_acc
 
-    def _set_schedule_lr(self) -> float:
-        k = self.applied_steps
-        lr = self.schedule.lr_at(k)
-        set_lr(self.optimizer, lr)
-        betas_at = getattr(self.schedule, "betas_at", None)
-        betas = betas_at(k) if callable(betas_at) else None
-        if betas is not None:
-            for g in self.optimizer.param_groups:
-                if "betas" in g:
-                    g["betas"] = tuple(betas)
-                elif "momentum" in g:
-                    g["momentum"] = betas[0]
-        return lr
-
     def train_step(self) -> dict[str, Any]:
         t0 = monotonic()
         batch = self.loader.step_batch(self.step)
@@ -234,17 +195,14 @@ class Trainer:
         loss = loss_sum / self.ctx.world_size
         grad_norm = norm_sum / self.ctx.world_size / scale
         loss_ok, grad_ok = math.isfinite(loss), math.isfinite(grad_norm)
-        lr = self._set_schedule_lr()
+        lr = apply_schedule(self.optimizer, self.schedule, self.applied_steps)
         try:
             skip = scaler.update(not (loss_ok and grad_ok))
         except LossScaleAtMinimumError as e:
             raise DivergedError(str(e)) from None
-        self._check_non_finite(loss_ok, grad_ok)
+        self.guard.check(loss_ok, grad_ok, self.step + 1)
         if not skip:
-            coef = 1.0 / scale
-            clip = self.cfg.gradient_clipping
-            if clip > 0 and grad_norm > clip:
-                coef *= clip / (grad_norm + 1e-6)
+            coef = clip_coefficient(scale, grad_norm, self.cfg.gradient_clipping)
             if coef != 1.0:
                 self.par.scale_grads_(torch.tensor(coef, device=self.ctx.device))
             self.optimizer.step()
@@ -269,20 +227,6 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "comm_bytes": comm_bytes,
         }
-
-    def _check_non_finite(self, loss_ok: bool, grad_ok: bool) -> None:
-        """Non-finite loss (any dtype) or non-finite gradients outside fp16 (where the loss scaler owns
-        overflows): skip the step; fail after ``maxConsecutiveNonFinite`` such steps in a row."""
-        bad = not loss_ok or (not grad_ok and not self.precision.uses_loss_scaling)
-        self.consecutive_non_finite = self.consecutive_non_finite + 1 if bad else 0
-        limit = self.cfg.precision.max_consecutive_non_finite
-        if bad and limit and self.consecutive_non_finite >= limit:
-            what = "loss" if not loss_ok else "gradient norm"
-            raise DivergedError(
-                f"the {what} was not finite for {self.consecutive_non_finite} consecutive steps "
-                f"(through step {self.step + 1}; precision.maxConsecutiveNonFinite={limit}): the run has "
-                "diverged. Lower the learning rate, enable gradient clipping, or use bf16."
-            )
 
     # ------------------------------------------------------------------ evaluation
 
@@ -310,18 +254,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _record(self, rec: dict[str, Any]) -> None:
-        if self.keep_history:
-            self.history.append(rec)
-        if self.last_record is not None:  # the first step of a fit() includes warm-up: leave it out
-            self._steady[0] += 1
-            self._steady[1] += rec["step_time"]
-        self.last_record = rec
-        last = rec["step"] >= self.cfg.training.max_steps
-        if rec["step"] % self.cfg.training.log_every == 0 or last or "eval_loss" in rec:
-            if self.log is not None:
-                self.log.write({**rec, "time": now_rfc3339()})
-            if self.ctx.is_local_main:
-                self.progress.update(rec)
+        self.reporter.record(rec)
         for cb in self.callbacks:
             cb(self, rec)
 
@@ -336,21 +269,10 @@ class Trainer:
                 self.schedule.observe(eval_loss)
                 rec["eval_loss"] = eval_loss
             self._record(rec)
-        wall = monotonic() - start
-        n, total = self._steady
-        tps, mfu = self.throughput.measure(total / n) if n else (None, None)
-        last = self.last_record
-        return Summary(
-            steps=self.step,
-            applied_steps=self.applied_steps,
-            skipped_steps=int(self.precision.scaler.skipped_steps),
-            final_loss=last["loss"] if last else None,
-            eval_loss=eval_loss,
-            tokens_per_s=tps,
-            mfu=mfu,
-            wall_time_s=wall,
-            world_size=self.ctx.world_size,
-            history=self.history,
+        return self.reporter.summary(
+            steps=self.step, applied_steps=self.applied_steps,
+            skipped_steps=int(self.precision.scaler.skipped_steps), eval_loss=eval_loss,
+            wall_time_s=monotonic() - start,
         )
 
     # ------------------------------------------------------------------ checkpoint hooks
@@ -361,7 +283,7 @@ class Trainer:
             "step": self.step,
             "applied_steps": self.applied_steps,
             "consumed_samples": self.step * self.cfg.global_batch_size,
-            "consecutive_non_finite": self.consecutive_non_finite,
+            "consecutive_non_finite": self.guard.consecutive,
             "scaler": self.precision.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
         }
@@ -375,17 +297,14 @@ class Trainer:
             )
         self.step = state["consumed_samples"] // g
         self.applied_steps = int(state["applied_steps"])
-        self.consecutive_non_finite = int(state.get("consecutive_non_finite", 0))
+        self.guard.consecutive = int(state.get("consecutive_non_finite", 0))
         self.precision.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
 
     def checkpoint_committed(self, step: int, seconds: float | None = None) -> None:
         self.last_checkpoint_step = step
-        self.progress.checkpoint_committed(step)
+        self.reporter.checkpoint_committed(step, seconds)
 
     def close(self) -> None:
         self.loader.close()
-        if self.server is not None:
-            self.server.close()
-        if self.log is not None:
-            self.log.close()
+        self.reporter.close()
