@@ -678,3 +678,19 @@ def test_resolve_error_is_a_value_error_listing_problems() -> None:
     assert {p.path for p in info.value.problems} == {f"{DS}.fp16.enabled", f"{DS}.optimizer.type"}
     with pytest.raises(ValueError, match="world_size"):
         resolve(spec(), world_size=0)
+
+
+def test_plan_counts_cpu_offload_in_host_memory() -> None:
+    from kubetrain.tools.plan import plan
+
+    body = {"workers": {"replicas": 2, "gpusPerWorker": 8}, "model": {"preset": "1.3B"},
+            "training": {"globalBatchSize": 64}, "precision": {"dtype": "bf16"}}
+    ds = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
+    base = plan(api.TrainingJobSpec.model_validate({**body, "parallelism": {"strategy": "zero3"}}), gpu="H100")
+    off = plan(api.TrainingJobSpec.model_validate({**body, "deepspeed": ds}), gpu="H100")
+    b, o = base.memory_of("zero3"), off.memory_of("zero3")
+    assert b is not None and o is not None
+    moved = b.params_bytes + b.grads_bytes + b.optimizer_bytes
+    assert o.total_bytes == b.total_bytes - moved and o.params_bytes == o.grads_bytes == o.optimizer_bytes == 0
+    assert off.host_bytes_per_node == moved * 8 and base.host_bytes_per_node is None
+    assert any("host memory" in n and "per node of 8 processes" in n for n in off.notes)

@@ -129,6 +129,7 @@ class Plan:
     sequence_parallel: bool = False
     data_parallel: int = 0
     tp_collectives: plan_tp.TPCollectives | None = None
+    host_bytes_per_node: int | None = None  # parallelism.offload cpu: host memory per node for the model states
 
     def memory_of(self, strategy: str) -> StrategyMemory | None:
         return next((m for m in self.memory if m.strategy == strategy), None)
@@ -455,6 +456,7 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     sp = spec.parallelism.sequence_parallel_on
     inputs = _Inputs(size, n_params or 0, dp, dtype, opt_bytes, spec.model.dropout, usable, tp, sp)
     memory = tuple(inputs.memory(s, micro, t.activation_checkpointing) for s in STRATEGIES) if n_params else ()
+    memory, host_node = _offloaded(spec, memory, strategy, usable, notes)
     current = next((m for m in memory if m.strategy == strategy), None)
     flops_step = fpt * global_batch * seq_len if fpt else None
     step_time = flops_step / (world * peak * mfu) if flops_step and peak else None
@@ -478,7 +480,34 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
         run_time_s=step_time * t.max_steps if step_time else None, max_steps=t.max_steps,
         fits=current.fits if current else None, suggestion=suggestion, notes=tuple(notes),
         tensor_parallel=tp, sequence_parallel=sp, data_parallel=dp, tp_collectives=tp_comm,
+        host_bytes_per_node=host_node,
     )
+
+
+def _offloaded(spec: api.TrainingJobSpec, memory: tuple[StrategyMemory, ...], strategy: str, usable: int | None,
+               notes: list[str]) -> tuple[tuple[StrategyMemory, ...], int | None]:
+    """parallelism.offload cpu (DeepSpeed offload_optimizer / offload_param): FSDP2's CPU offload keeps the
+    rank's parameter, gradient and optimizer-state shards in host memory; the GPU keeps the working set and
+    the activations. Returns the memory with the job's strategy offloaded, and host bytes per node."""
+    off = spec.parallelism.offload
+    if off is None or off.device != "cpu" or strategy not in ("zero2", "zero3"):
+        return memory, None
+    out = []
+    host_rank = 0
+    for m in memory:
+        if m.strategy == strategy:
+            host_rank = m.params_bytes + m.grads_bytes + m.optimizer_bytes
+            total = m.total_bytes - host_rank
+            m = dataclasses.replace(m, params_bytes=0, grads_bytes=0, optimizer_bytes=0, total_bytes=total,
+                                    fits=None if usable is None else total <= usable)
+        out.append(m)
+    procs = spec.workers.procs
+    host_node = host_rank * procs
+    notes.append(f"parallelism.offload cpu: {_gib(host_rank)} of parameter, gradient and optimizer shards per "
+                 f"rank live in host memory ({_gib(host_node)} per node of {procs} process"
+                 f"{'es' if procs != 1 else ''}); the {strategy} row shows what stays on the GPU (the verdict counts "
+                 "them on the GPU)")
+    return tuple(out), host_node
 
 
 def _activations(inputs: _Inputs, micro: int, strategy: str) -> Activations | None:
