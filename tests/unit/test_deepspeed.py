@@ -694,3 +694,28 @@ def test_plan_counts_cpu_offload_in_host_memory() -> None:
     assert o.total_bytes == b.total_bytes - moved and o.params_bytes == o.grads_bytes == o.optimizer_bytes == 0
     assert off.host_bytes_per_node == moved * 8 and base.host_bytes_per_node is None
     assert any("host memory" in n and "per node of 8 processes" in n for n in off.notes)
+
+
+def test_validate_explain_and_notes_next_to_errors(tmp_path: Path) -> None:
+    f = tmp_path / "hf.yaml"
+    ds = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+          "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "prescale_gradients": True,
+          "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}
+    f.write_text(yaml.safe_dump(job({"workers": on(2, 2), "training": {"globalBatchSize": 16, "microBatchSize": 2},
+                                     "optimizer": {"lr": 2e-4}, "deepspeed": ds})))
+    result = _cli("validate", "--explain", str(f))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"{f}: explain: {DS}.optimizer.params.lr = auto -> spec.optimizer.lr = 0.0002 (auto)" in out
+    assert f"{f}: explain: {DS}.gradient_accumulation_steps = auto -> derived gradient accumulation = 2 (auto)" in out
+    assert f'{f}: explain: {DS}.zero_optimization.offload_param.device = cpu -> spec.parallelism.offload = ' \
+           '{"device": "cpu", "pinMemory": true} (written)' in out
+    assert f"{f}: explain: {DS}.prescale_gradients = true -> ignored" in out
+    assert f"{f}: explain: spec.training.activationCheckpointing = false (default)" in out
+    # an error and the notes together: the note is not hidden by the error
+    ds["amp"] = {"enabled": True}
+    f.write_text(yaml.safe_dump(job({"workers": on(2, 2), "training": {"globalBatchSize": 16}, "deepspeed": ds})))
+    result = _cli("validate", str(f))
+    assert result.returncode == 1
+    assert f"{f}: {DS}.amp: the NVIDIA Apex AMP integration was removed" in result.stdout
+    assert f"{f}: note: {DS}.prescale_gradients=true is not supported (only false is) and is ignored" in result.stdout
