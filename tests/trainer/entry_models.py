@@ -47,3 +47,15 @@ def not_a_module() -> int:
 
 def raises() -> nn.Module:
     raise RuntimeError("boom from the user's model code")
+
+
+def tiny_lm_tp_plan(model: TinyLM, tp_mesh: object, sequence_parallel: bool) -> dict[str, object]:
+    """``model.tensorParallelPlan`` for ``tiny_lm``: each layer's fc and the output head split by
+    output columns, gathered back (the norms and the embedding stay whole)."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    del tp_mesh, sequence_parallel
+    plan: dict[str, object] = {f"layers.{i}.fc": ColwiseParallel(output_layouts=Replicate()) for i in range(len(model.layers))}
+    plan["out"] = ColwiseParallel(output_layouts=Replicate())
+    return plan
