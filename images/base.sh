@@ -7,6 +7,9 @@
 # Cache: $KUBETRAIN_CACHE/images/ (default ~/.cache/kubetrain/images). DEBIAN_MIRROR overrides
 # the mirror. Needs root, buildah and debootstrap.
 set -euo pipefail
+# The whole script is one compound command: bash reads it completely before running any of it,
+# so editing this file while it runs (a long build) cannot change what runs.
+{
 
 CACHE="${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/images"
 SUITE=bookworm
@@ -47,6 +50,8 @@ path-exclude /usr/share/locale/*
 CFG
   tar -C "$root" --numeric-owner --xattrs -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
+  rm -rf "$root"
+  trap - EXIT
   log "root filesystem $(du -sh "$TARBALL" | cut -f1) in $((SECONDS - start)) s: $TARBALL"
 fi
 
@@ -66,3 +71,5 @@ buildah commit --quiet --rm "$ctr" "$NAME" >/dev/null
 trap - EXIT
 log "imported $NAME"
 echo "$NAME"
+exit
+}

@@ -20,6 +20,9 @@
 # mounted into the build steps and named in PIP_CERT; it is never copied into an image.
 # Needs root and buildah (and debootstrap for the base).
 set -euo pipefail
+# The whole script is one compound command: bash reads it completely before running any of it,
+# so editing this file while it runs (a long build) cannot change what runs.
+{
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CACHE="${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}"
@@ -55,9 +58,9 @@ done
 command -v buildah >/dev/null || die "needs buildah: apt-get install buildah"
 
 mkdir -p "$CACHE/images"
-# One build at a time (CI's images phase, a test session, a developer): the rest wait here.
-exec 9>"$CACHE/images/build.lock"
-flock 9
+# One build of each image at a time (CI's images phase, a test session, a developer): a second
+# waits for the first, then finds the image up to date.
+lock() { local fd; exec {fd}>"$CACHE/images/$1.lock"; flock "$fd"; }
 
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
@@ -99,6 +102,7 @@ if [[ -n ${BASE_IMAGE:-} ]]; then
   base=$BASE_IMAGE
   buildah inspect --type image "$base" >/dev/null 2>&1 || buildah pull --quiet "$base" >/dev/null
 else
+  lock base
   base=$(bash images/base.sh)
 fi
 base_id=$(image_id "$base")
@@ -114,6 +118,7 @@ mounts+=(-v "$CACHE/wheels:/var/cache/kubetrain-wheels")
 
 build_one() {
   local name=$1 ref="$REGISTRY/$1:$VERSION" digest old_id new_id start
+  lock "build-$name"
   digest=$(inputs_digest "$name" "$base_id")
   old_id=$(image_id "$ref")
   if ((!force)) && [[ -n $old_id && $(image_label "$ref" "$INPUTS_LABEL") == "$digest" ]]; then
@@ -162,3 +167,5 @@ fi
 for name in "${only[@]}"; do
   buildah images --format '{{.Name}}:{{.Tag}} {{.ID}} {{.Size}}' "$REGISTRY/$name:$VERSION"
 done
+exit
+}

@@ -28,18 +28,31 @@ def build(*args: str) -> tuple[float, str]:
     return time.monotonic() - start, proc.stderr
 
 
+_built: dict[str, ImageFacts] = {}
+
+
+def built(name: str) -> ImageFacts:
+    """``ghcr.io/kubetrain/<name>:<version>``, built (or found up to date) by images/build.sh."""
+    if name not in _built:
+        why = have_tools()
+        if why:
+            pytest.skip(why)
+        seconds, log = build("--only", name)
+        REPORT.append(f"images/build.sh --only {name}: {seconds:.1f} s")
+        REPORT.extend(f"  {line}" for line in log.splitlines() if "built in" in line or "up to date" in line)
+        _built[name] = inspect(f"{REGISTRY}/{name}:{VERSION}")
+        REPORT.append(_built[name].describe())
+    return _built[name]
+
+
 @pytest.fixture(scope="session")
-def images() -> dict[str, ImageFacts]:
-    why = have_tools()
-    if why:
-        pytest.skip(why)
-    seconds, log = build()
-    fresh = [line for line in log.splitlines() if "built in" in line or "up to date" in line]
-    REPORT.append(f"images/build.sh (first call of this session): {seconds:.1f} s")
-    REPORT.extend(f"  {line}" for line in fresh)
-    facts = {name: inspect(f"{REGISTRY}/{name}:{VERSION}") for name in ("operator", "trainer")}
-    REPORT.extend(f.describe() for f in facts.values())
-    return facts
+def operator_image() -> ImageFacts:
+    return built("operator")
+
+
+@pytest.fixture(scope="session")
+def trainer_image() -> ImageFacts:
+    return built("trainer")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -18,8 +18,8 @@ OPERATOR_LIMIT_BYTES = 250e6
 
 
 @pytest.fixture(scope="module")
-def operator(images: dict[str, ImageFacts]) -> ImageFacts:
-    return images["operator"]
+def operator(operator_image: ImageFacts) -> ImageFacts:
+    return operator_image
 
 
 def test_version_user_entrypoint_and_labels(operator: ImageFacts) -> None:

@@ -26,8 +26,8 @@ TRAINER_UID = 1000
 
 
 @pytest.fixture(scope="module")
-def trainer(images: dict[str, ImageFacts]) -> ImageFacts:
-    return images["trainer"]
+def trainer(trainer_image: ImageFacts) -> ImageFacts:
+    return trainer_image
 
 
 def installed_bytes(site_packages: Path, pattern: re.Pattern[str]) -> tuple[int, list[str]]:
