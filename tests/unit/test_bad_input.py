@@ -70,11 +70,11 @@ def test_corpus_is_current() -> None:
 @pytest.mark.parametrize("case", EXPECTED, ids=[c["file"] for c in EXPECTED])
 def test_corpus_verdict_in_one_line_each_within_limits(case: dict[str, str]) -> None:
     verdict((CORPUS / "benign-alias.yaml").read_bytes())  # warm: imports, schema, compiled CEL
-    started = time.perf_counter()
+    started = time.process_time()
     lines = verdict((CORPUS / case["file"]).read_bytes())
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert ("reject" if lines else "accept") == case["validate"], lines
-    assert elapsed < 1.0, f"{elapsed:.2f}s"
+    assert elapsed < 1.0, f"{elapsed:.2f}s of CPU"
     for line in lines:
         assert "\n" not in line and len(line) < 600, line
         assert "Traceback" not in line and "internal error" not in line, line
@@ -156,20 +156,20 @@ def test_tags_without_json_form_refused(tagged: str) -> None:
 def test_alias_bomb_refused_fast_and_small() -> None:
     data = (CORPUS / "billion-laughs.yaml").read_bytes()
     assert len(data) < 1500
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(SpecFileError, match=f"more than {specfile.MAX_NODES} values once aliases are expanded"):
         loads_documents(data)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert read("a: &x [1, 2]\nb: *x\nc: *x\n") == {"a": [1, 2], "b": [1, 2], "c": [1, 2]}
 
 
 @pytest.mark.parametrize("depth", [specfile.MAX_DEPTH + 1, 999, 1001, 100_000])
 def test_deep_nesting_refused_without_recursion(depth: int) -> None:
     for text in ("[" * depth + "]" * depth, "a: " + "{b: " * depth + "1" + "}" * depth):
-        started = time.perf_counter()
+        started = time.process_time()
         with pytest.raises(SpecFileError, match="nest"):
             loads_documents(text)
-        assert time.perf_counter() - started < 1.0
+        assert time.process_time() - started < 1.0
     block = "".join("  " * i + "- \n" for i in range(specfile.MAX_DEPTH + 1))
     with pytest.raises(SpecFileError, match=f"deeper than {specfile.MAX_DEPTH}"):
         loads_documents(block)

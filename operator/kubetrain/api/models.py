@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubetrain.api.constants import JOB_NAME_MAX_LENGTH, MAX_WORKERS
@@ -38,6 +38,15 @@ class ApiModel(BaseModel):
     )
     # CEL rules of this object, emitted into the CRD and evaluated offline by `validate`.
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """`field: null` means the field is not there, as the API server prunes nulls of a
+        structural schema's (non-nullable) fields before validating."""
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 def _free_object(description: str, max_properties: int = 64, **kw: Any) -> Any:

@@ -193,9 +193,21 @@ def _walk(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iterable[t
             yield from _walk(schema["items"], item, None, f"{path}[{i}]")
 
 
+def prune_nulls(schema: dict[str, Any], value: Any) -> Any:
+    """`value` as the API server validates it: null dropped from the schema's declared fields."""
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: prune_nulls(props.get(k, {}), v) for k, v in value.items() if not (v is None and k in props)}
+    if isinstance(value, list) and "items" in schema:
+        return [prune_nulls(schema["items"], v) for v in value]
+    return value
+
+
 def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[Problem]:
     """Evaluate the CRD's CEL rules against `obj` (and `old` for transition rules)."""
     problems = []
+    obj = prune_nulls(_schema(), obj)
+    old = prune_nulls(_schema(), old) if old is not None else None
     for path, rule, value, old_value in _walk(_schema(), obj, old, ""):
         uses_old = "oldSelf" in rule["rule"]
         if uses_old and old_value is None:
