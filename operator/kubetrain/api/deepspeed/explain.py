@@ -9,8 +9,9 @@ from typing import Any
 
 from kubetrain import api
 from kubetrain.api.deepspeed.context import Resolution
-from kubetrain.api.deepspeed.keys import DS, GATHER_16BIT_KEYS, NO_OP_KEYS, REMOVED_TOP
+from kubetrain.api.deepspeed.keys import DS, GATHER_16BIT_KEYS, NO_OP_KEYS, REMOVED_TOP, ZERO_AUTO_FROM_HIDDEN
 from kubetrain.api.deepspeed.values import fmt
+from kubetrain.api.modelsize import model_shape
 
 # DeepSpeed key (dotted; '*' = any sub-key) -> typed field it sets.
 TYPED_OF_KEY = {
@@ -101,6 +102,16 @@ def _get(spec: api.TrainingJobSpec, dotted: str) -> Any:
     return obj.model_dump(by_alias=True, exclude_none=True) if isinstance(obj, api.ApiModel) else obj
 
 
+def _hidden_size(spec: api.TrainingJobSpec) -> int | None:
+    """The built-in GPT's hidden size (the Hugging Face integration's `hidden_size`); None for entrypoints."""
+    if spec.model.entrypoint:
+        return None
+    try:
+        return int(model_shape(spec.model).d_model)
+    except Exception:  # an invalid model gets its own problem elsewhere
+        return None
+
+
 def _typed_given(spec: api.TrainingJobSpec, dotted: str) -> bool:
     return _get(spec, dotted) not in (None, False)
 
@@ -137,6 +148,11 @@ def explain(spec: api.TrainingJobSpec, res: Resolution) -> list[Line]:
         elif key.split(".")[-1] in GATHER_16BIT_KEYS:
             lines.append(Line(key, written, "final weights consolidated in 16 bits (final/model.safetensors)",
                               None, source))
+        elif source == "auto" and key.split(".")[-1] in ZERO_AUTO_FROM_HIDDEN:
+            hidden = _hidden_size(spec)
+            value = ZERO_AUTO_FROM_HIDDEN[key.split(".")[-1]](hidden) if hidden else None
+            what = f"{fmt(value)} from model.dModel {hidden}" if hidden else "unknown (entrypoint model)"
+            lines.append(Line(key, written, f"{what}; no effect (Kubetrain has no buckets)", None, source))
         elif key in NO_OP_KEYS or key.split(".")[0] in NO_OP_KEYS or key.split(".")[0] in REMOVED_TOP:
             lines.append(Line(key, written, "no effect (a DeepSpeed logging or performance knob)", None,
                               "no effect"))
