@@ -28,6 +28,11 @@ RUN --mount=type=cache,id=kubetrain-wheels,target=/var/cache/kubetrain-wheels \
 
 # app: the kubetrain wheel, installed under /app (a tree to lay over /); rebuilt when the source changes.
 FROM deps AS app
+# The user, as files laid over / by the final stage (which runs nothing: a RUN there would leave
+# the build's mount points, e.g. the CA bundle's, behind as empty files).
+RUN useradd --system --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin kubetrain \
+    && mkdir -p /app/etc && cp -a /etc/passwd /etc/group /etc/shadow /etc/gshadow /app/etc/
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 COPY trainer_image/kubetrain_trainer /src/trainer_image/kubetrain_trainer
@@ -37,8 +42,6 @@ RUN /opt/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/whe
        "import importlib.util as u, sys; import kubetrain.cli; sys.exit(u.find_spec('torch') is not None)"
 
 FROM ${BASE_IMAGE}
-RUN useradd --system --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin kubetrain
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=app /app/ /
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

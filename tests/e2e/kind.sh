@@ -30,8 +30,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "--- images"
-docker build -t "kubetrain/operator:$TAG" -f Dockerfile .
-docker build -t "kubetrain/trainer:$TAG" -f trainer_image/Dockerfile .
+# The names and tags the chart uses by default (images/build.sh builds the same with buildah).
+VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+for image in operator:Dockerfile trainer:trainer_image/Dockerfile; do
+  docker build -t "ghcr.io/kubetrain/${image%%:*}:$VERSION" -f "${image#*:}" \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" .
+  docker tag "ghcr.io/kubetrain/${image%%:*}:$VERSION" "kubetrain/${image%%:*}:$TAG"
+done
 
 echo "--- cluster"
 kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s

@@ -55,6 +55,10 @@ def test_facts_size_and_hygiene(trainer: ImageFacts) -> None:
         assert not any((root / "usr/bin" / cc).exists() for cc in ("gcc", "cc", "c++", "g++", "clang"))
         assert not (root / "root/.cache/pip").exists()
         assert not (root / "etc/ssl/certs/host-ca.crt").exists()
+        assert not (root / "var/cache/kubetrain-wheels").exists()
+        for owned in ("home/trainer", "checkpoints"):
+            assert (root / owned).stat().st_uid == TRAINER_UID, f"/{owned} belongs to uid {TRAINER_UID}"
+        assert "trainer:x:1000:1000:" in (root / "etc/passwd").read_text()
     ratio = trainer.size / wheels
     REPORT.append(f"trainer image {trainer.size / 1e9:.2f} GB = {ratio:.3f} x its torch wheels "
                   f"({wheels / 1e9:.2f} GB installed: {len(names)} distributions)")
