@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import copy
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kubetrain.api.constants import GROUP, PLURAL, VERSION
+from kubetrain.controller import kueue
 from kubetrain.controller import names as n
 from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.controller.conditions import rfc3339
@@ -49,6 +51,7 @@ from kubetrain.controller.reconcile import (
     DeletePod,
     Event,
     Job,
+    PatchWorkloadStatus,
     Settings,
     Update,
     reconcile,
@@ -238,14 +241,26 @@ def job_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_:
 
 
 CHILD_PATHS = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
+# Watched too where the API server serves Kueue: the Workloads of queued jobs.
+KUEUE_PATHS = {"Workload": (f"/apis/{kueue.API_VERSION}", kueue.PLURAL)}
+
+
+def _paths(rt: Runtime) -> dict[str, tuple[str, str]]:
+    """kind -> (API prefix, plural) of every watched child kind."""
+    paths = {kind: ("/api/v1", plural) for kind, plural in CHILD_PATHS.items()}
+    assert rt.kube is not None
+    if rt.kube.served(kueue.API_VERSION):
+        paths.update(KUEUE_PATHS)
+    return paths
 
 
 def _start_informers(rt: Runtime, loop: asyncio.AbstractEventLoop) -> None:
     """One list-and-watch cache per child kind (and per namespace, unless all are served),
     selecting kubetrain's objects by label on the server."""
     assert rt.kube is not None
-    scopes = [f"/api/v1/namespaces/{ns}" for ns in rt.namespaces] if rt.namespaces else ["/api/v1"]
-    for kind, plural in CHILD_PATHS.items():
+    for kind, (prefix, plural) in _paths(rt).items():
+        scopes = [f"{prefix}/namespaces/{ns}" for ns in rt.namespaces] if rt.namespaces else [prefix]
+
         def changed(type_: str, obj: dict[str, Any], kind: str = kind) -> None:
             loop.call_soon_threadsafe(child_event, rt, kind, type_, obj)
 
@@ -290,8 +305,9 @@ def _observe(rt: Runtime, obj: dict[str, Any] | None) -> None:
     """Our own write's answer goes into the cache at once (the watch confirms it later)."""
     if not obj or obj.get("kind") not in rt.informers:
         return
-    plural = CHILD_PATHS[str(obj["kind"])]
-    scopes = (f"/api/v1/{plural}", f"/api/v1/namespaces/{(obj.get('metadata') or {}).get('namespace')}/{plural}")
+    prefix, plural = {**{k: ("/api/v1", p) for k, p in CHILD_PATHS.items()}, **KUEUE_PATHS}[str(obj["kind"])]
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    scopes = (f"{prefix}/{plural}", f"{prefix}/namespaces/{namespace}/{plural}")
     for informer in rt.informers[str(obj["kind"])]:
         if informer.path in scopes:
             informer.observe(obj)
@@ -366,9 +382,10 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
         group_hash = _hash_of(await blocking(rt, kube.get, "PodGroup", namespace, n.pod_group_name(name), api_version))
     reading = rt.poller.readings.get(key) if rt.poller is not None else None
     gone = dict(rt.gone.get(key) or {})
+    queue = await blocking(rt, _queue_state, rt, job) if job.queue is not None else None
     observed = Observed(pods=tuple(pod_view(p) for p in pods), service=service is not None,
                         config_map_hash=cm_hash, pod_group_hash=group_hash, progress=reading,
-                        gone=tuple(gone.values()))
+                        gone=tuple(gone.values()), queue=queue)
     decision = reconcile(job, observed, rt.clock(), rt.settings)
 
     # Record first, act second: a crash in between replays the same decision, never a different one.
@@ -400,6 +417,29 @@ async def reconcile_key(rt: Runtime, key: Key) -> float | None:
     rt.last_pass = time.monotonic()
     due = decision.requeue_after
     return rt.settings.resync_seconds if due is None else min(due, rt.settings.resync_seconds)
+
+
+def _queue_state(rt: Runtime, job: Job) -> kueue.QueueState:
+    """Kueue's side of a queued job: its Workload (from the watch cache), the LocalQueue's
+    ClusterQueue, the admitted flavors' placement, the priority class' value."""
+    kube = rt.kube
+    assert kube is not None and job.queue is not None
+    name = kueue.workload_name(job.ref)
+    cached = [o for o in _children(rt, "Workload", job.namespace, job.name, job.uid) if o["metadata"]["name"] == name]
+    if "Workload" not in rt.informers:  # Kueue's API is not served
+        return kueue.QueueState(None, None)
+    wl = kueue.view(cached[0]) if cached else None
+    local = kube.get("LocalQueue", job.namespace, job.queue, kueue.API_VERSION)
+    cluster_queue = str((local.get("spec") or {}).get("clusterQueue", "")) or None if local else None
+    if wl is not None and wl.admitted and wl.flavors:
+        flavors = [kube.get_cluster_scoped(kueue.API_VERSION, "resourceflavors", f) for f in wl.flavors]
+        wl = dataclasses.replace(wl, placement=kueue.placement([f for f in flavors if f is not None]))
+    priority = None
+    pc = job.spec.workers.priority_class_name if job.spec is not None else None
+    if wl is None and pc:  # needed only to create the Workload
+        found = kube.get_cluster_scoped("scheduling.k8s.io/v1", "priorityclasses", pc)
+        priority = int(found["value"]) if found is not None and "value" in found else None
+    return kueue.QueueState(wl, cluster_queue, priority)
 
 
 def _hash_of(child: dict[str, Any] | None) -> str | None:
@@ -447,6 +487,15 @@ async def _act(rt: Runtime, job: Job, decision: Decision) -> list[Event]:
         if rt.action_delay:  # one at a time, so that a kill lands between two of them
             return [await run(fn, *a) for a in args]
         return list(await asyncio.gather(*(run(fn, *a) for a in args)))
+
+    for patch in [a for a in decision.actions if isinstance(a, PatchWorkloadStatus)]:
+        try:
+            await run(kube.patch_status, kueue.KIND, job.namespace, patch.name, kueue.API_VERSION, patch.patch)
+        except ApiError as e:
+            if e.status not in (404, 409):
+                raise
+            log.info("Workload %s/%s changed meanwhile (%s): the next pass decides again",
+                     job.namespace, patch.name, e.status)
 
     async def child(action: Create | Update | DeleteChild) -> None:
         fn = kube.create if isinstance(action, Create) else kube.patch if isinstance(action, Update) else kube.delete

@@ -188,6 +188,29 @@ class Kube:
         path = self._path(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"])
         self.call("PATCH", path, manifest, MERGE_PATCH)
 
+    def patch_status(self, kind: str, namespace: str, name: str, api_version: str, patch: dict[str, Any]) -> None:
+        """Merge-patch a child's status subresource (a Kueue Workload's)."""
+        self.call("PATCH", self._path(kind, namespace, name, api_version) + "/status", patch, MERGE_PATCH)
+
+    def get_cluster_scoped(self, api_version: str, plural: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped object (PriorityClass, ResourceFlavor), None if there is none."""
+        try:
+            return dict(self.call("GET", f"/apis/{api_version}/{plural}/{_q(name)}"))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def served(self, api_version: str) -> bool:
+        """Whether the API server serves `group/version` (e.g. Kueue's)."""
+        try:
+            self.call("GET", f"/apis/{api_version}")
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     def delete(self, manifest: dict[str, Any]) -> bool:
         meta = manifest["metadata"]
         return self._delete(self._path(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"]), None)
@@ -216,7 +239,8 @@ class Kube:
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str = "", api_version: str = "v1") -> str:
-        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "PodGroup": "podgroups"}[kind]
+        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "PodGroup": "podgroups",
+                  "Workload": "workloads", "LocalQueue": "localqueues"}[kind]
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         base = f"{prefix}/namespaces/{_q(namespace)}/{plural}"
         return f"{base}/{_q(name)}" if name else base

@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubetrain.api.constants import EXIT_PREEMPTED, PERMANENT_EXIT_CODES
 from kubetrain.api.progress import ProgressReport
 from kubetrain.controller import names as n
+
+if TYPE_CHECKING:
+    from kubetrain.controller.kueue import QueueState
 
 Outcome = Literal["running", "succeeded", "permanent", "retryable", "preempted", "lost"]
 
@@ -103,6 +106,8 @@ class Observed:
     # operator (their last state, from the pod watch): so that a loss is named even when the
     # pod was gone before a pass could list it.
     gone: tuple[PodView, ...] = ()
+    # Kueue's side of a job labelled kueue.x-k8s.io/queue-name (None: not queued).
+    queue: QueueState | None = None
 
 
 def _int(value: Any, default: int = 0) -> int:

@@ -32,13 +32,16 @@ from kubetrain import api
 from kubetrain.controller.observed import Observed
 from kubetrain.controller.reconcile.lifecycle import run
 from kubetrain.controller.reconcile.state import (
+    R_ADMITTED,
     R_BACKOFF_LIMIT,
     R_BELOW_MIN,
     R_COMPLETED,
     R_DEADLINE,
+    R_EVICTED,
     R_INVALID_SPEC,
     R_PENDING,
     R_PREEMPTED,
+    R_QUEUED,
     R_RESCALED,
     R_RESTARTING,
     R_RESUMED,
@@ -62,6 +65,7 @@ from kubetrain.controller.reconcile.state import (
     Event,
     Job,
     PassState,
+    PatchWorkloadStatus,
     Settings,
     Update,
     backoff_seconds,
@@ -69,10 +73,11 @@ from kubetrain.controller.reconcile.state import (
 )
 
 __all__ = [
-    "R_BACKOFF_LIMIT", "R_BELOW_MIN", "R_COMPLETED", "R_DEADLINE", "R_INVALID_SPEC", "R_PENDING", "R_PREEMPTED",
-    "R_RESCALED", "R_RESTARTING", "R_RESUMED", "R_RUNNING", "R_SCALED", "R_SCHEDULED", "R_STALLED", "R_SUSPENDED",
+    "R_ADMITTED", "R_BACKOFF_LIMIT", "R_BELOW_MIN", "R_COMPLETED", "R_DEADLINE", "R_EVICTED", "R_INVALID_SPEC",
+    "R_PENDING", "R_PREEMPTED", "R_QUEUED", "R_RESCALED", "R_RESTARTING", "R_RESUMED", "R_RUNNING", "R_SCALED", "R_SCHEDULED", "R_STALLED", "R_SUSPENDED",
     "R_TTL", "R_UNSCHEDULABLE", "R_WORKERS_CREATED", "R_WORKER_FAILED", "R_WORKER_LOST", "TERMINAL", "Action",
-    "Create", "Decision", "DeleteChild", "DeleteJob", "DeletePod", "Event", "Job", "Settings", "Update",
+    "Create", "Decision", "DeleteChild", "DeleteJob", "DeletePod", "Event", "Job", "PatchWorkloadStatus", "Settings",
+    "Update",
     "backoff_seconds", "reconcile", "spec_problems", "workers_created_event",
 ]
 

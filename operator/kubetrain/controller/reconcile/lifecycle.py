@@ -8,7 +8,7 @@ import datetime as dt
 from kubetrain import api
 from kubetrain.controller import conditions as c
 from kubetrain.controller.builders import nnodes
-from kubetrain.controller.reconcile import gang, workers
+from kubetrain.controller.reconcile import gang, queueing, workers
 from kubetrain.controller.reconcile.failures import failures, restart, success
 from kubetrain.controller.reconcile.progress import record_progress
 from kubetrain.controller.reconcile.state import (
@@ -32,6 +32,7 @@ from kubetrain.controller.reconcile.watchdog import watchdog
 
 def run(s: PassState) -> Decision:
     if s.st.phase in TERMINAL:
+        queueing.mark_finished(s)
         return finished(s)
     if s.job.problems or s.job.spec is None:
         problems = "; ".join(s.job.problems) or "the spec does not parse"
@@ -39,6 +40,10 @@ def run(s: PassState) -> Decision:
     spec = s.job.spec
     if spec.run_policy.suspend:
         return suspend(s, spec)
+    gated = queueing.gate(s, spec)  # Kueue: run only while admitted, as admitted
+    if isinstance(gated, Decision):
+        return gated
+    spec = gated
     resume_if_suspended(s)
     if s.st.start_time is None:
         s.st.start_time = c.rfc3339(s.now)

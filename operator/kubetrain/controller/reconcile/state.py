@@ -11,6 +11,7 @@ from kubetrain import api
 from kubetrain.controller import conditions as c
 from kubetrain.controller import names as n
 from kubetrain.controller.builders import DEFAULT_TRAINER_IMAGE, JobRef
+from kubetrain.controller.kueue import QUEUE_LABEL
 from kubetrain.controller.observed import Observed, PodView
 
 TERMINAL = ("Succeeded", "Failed")
@@ -36,6 +37,10 @@ R_UNSCHEDULABLE = "Unschedulable"
 R_TTL = "TTLExpired"
 R_WORKERS_CREATED = "WorkersCreated"
 R_STALLED = "ProgressStalled"
+# Kueue (reconcile/queueing.py): reasons of the Suspended condition and Events
+R_QUEUED = "Queued"
+R_ADMITTED = "Admitted"
+R_EVICTED = "Evicted"
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Job:
     spec: api.TrainingJobSpec | None  # None when the spec does not parse
     status: api.TrainingJobStatus
     problems: tuple[str, ...] = ()
+    queue: str | None = None  # label kueue.x-k8s.io/queue-name: run only once Kueue admits
 
     @property
     def ref(self) -> JobRef:
@@ -82,7 +88,7 @@ class Job:
         return cls(
             name=meta.get("name", ""), namespace=meta.get("namespace", ""), uid=meta.get("uid", ""),
             generation=int(meta.get("generation") or 0), raw_spec=raw_spec, spec=spec, status=status,
-            problems=tuple(problems),
+            problems=tuple(problems), queue=((meta.get("labels") or {}).get(QUEUE_LABEL) or None),
         )
 
 
@@ -138,11 +144,20 @@ class DeletePod:
 
 
 @dataclass(frozen=True)
+class PatchWorkloadStatus:
+    """Merge-patch the status of the job's Kueue Workload (give the quota back after an
+    eviction, mark it Finished); a conflict or NotFound is retried by the next pass."""
+
+    name: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class DeleteJob:
     """Delete the TrainingJob itself (ttlSecondsAfterFinished); children go with it."""
 
 
-Action = Create | Update | DeleteChild | DeletePod | DeleteJob
+Action = Create | Update | DeleteChild | DeletePod | DeleteJob | PatchWorkloadStatus
 
 
 @dataclass
