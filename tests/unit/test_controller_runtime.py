@@ -1,6 +1,6 @@
 """The operator's runtime pieces that need no API server: the client-side token bucket and the
 Event recorder's aggregation. (Their use against a real API server, and leader election, are
-in tests/cluster/test_operator.py and tests/cluster/test_leader.py.)"""
+in tests/cluster/test_operator.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import gc
 import pytest
 
 from kubetrain.controller.events import EventRecorder, Pending
+from kubetrain.controller.informer import slim
 from kubetrain.controller.kubeio import ApiError
 from kubetrain.controller.leader import LeaderElector
 from kubetrain.controller.memory import IdleTrimmer, release
+from kubetrain.controller.observed import pod_view
 from kubetrain.controller.ratelimit import TokenBucket
 
 
@@ -122,3 +124,21 @@ def test_release_returns_freed_heap_to_the_os() -> None:
     assert len(survivors) == 1875
     assert held > 80 * 2**20, "free() alone returned the pages: the heap was not fragmented"
     assert after < 0.25 * held, (held, after)
+
+
+def test_informer_keeps_only_what_the_reconciler_reads() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"a": "b"},
+                        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}] * 20},
+           "spec": {"nodeName": "n1", "volumes": [{"name": "v"}] * 10,
+                    "containers": [{"name": "trainer", "env": [{"name": "X", "value": "y" * 1000}],
+                                    "ports": [{"name": "metrics", "containerPort": 9090}]}]},
+           "status": {"phase": "Running", "podIP": "127.0.0.1"}}
+    small = slim(pod)
+    assert "managedFields" not in small["metadata"] and small["metadata"]["labels"] == {"a": "b"}
+    assert small["spec"] == {"nodeName": "n1", "containers": [
+        {"name": "trainer", "ports": [{"name": "metrics", "containerPort": 9090}]}]}
+    assert small["status"] == pod["status"]
+    assert pod_view(small) == pod_view(pod)  # the reconciler sees the same pod
+    cm = {"kind": "ConfigMap", "metadata": {"name": "c", "annotations": {"h": "1"}}, "data": {"spec": "x" * 10000}}
+    assert slim(cm) == {"apiVersion": None, "kind": "ConfigMap", "metadata": {"name": "c", "annotations": {"h": "1"}}}

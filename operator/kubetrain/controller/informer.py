@@ -10,8 +10,10 @@ partial cache could take existing workers for missing ones). A cache that trails
 server is safe for this operator: every child's name is decided by the observed state, so a
 pass on a stale view asks for what exists already (409) or is gone already (404).
 
-Bounded: the store holds the live objects of the selector and nothing else; a DELETED event
-drops the object.
+Bounded and lean: the store holds the live objects of the selector and nothing else (a DELETED
+event drops the object), each cut down by `slim` to what the reconciler reads (no managedFields;
+a ConfigMap without its data, a pod's spec reduced to its node and container ports), like
+client-go's cache transforms.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Informer:
     def observe(self, obj: dict[str, Any]) -> None:
         """Our own write's answer (a created or deleted object): taken at once, so that the next
         pass need not wait for the watch to bring it. The watch's later event replaces it."""
+        obj = slim(obj)
         key, name = self._key(obj)
         with self._lock:
             cached = self._by_key.get(key, {}).get(name)
@@ -119,9 +122,10 @@ class Informer:
 
     def _list(self) -> str:
         out = self.kube.call("GET", self.path, query={"labelSelector": self.selector})
-        items = out.get("items") or []
+        kind = str(out.get("kind") or "").removesuffix("List")  # a list's items carry no kind
+        items = [{**item, "kind": kind, "apiVersion": out.get("apiVersion")} for item in out.get("items") or []]
         fresh: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        for obj in items:
+        for obj in map(slim, items):
             key, name = self._key(obj)
             fresh.setdefault(key, {})[name] = obj
         with self._lock:
@@ -143,6 +147,8 @@ class Informer:
                  "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_SECONDS)}
         for event in self._stream(query):
             kind, obj = event.get("type"), event.get("object") or {}
+            if kind not in ("ERROR", "BOOKMARK"):
+                obj = slim(obj)
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     raise Gone
@@ -169,6 +175,24 @@ class Informer:
                         yield json.loads(line)
         finally:
             resp.release_conn()
+
+
+_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences",
+              "deletionTimestamp", "creationTimestamp")
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the reconciler and the progress poller read of a child; the rest is not kept."""
+    meta = obj.get("metadata") or {}
+    out: dict[str, Any] = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                           "metadata": {k: meta[k] for k in _META_KEYS if k in meta}}
+    if obj.get("kind") == "Pod":
+        spec = obj.get("spec") or {}
+        out["spec"] = {"nodeName": spec.get("nodeName"),
+                       "containers": [{"name": c.get("name"), "ports": c.get("ports") or []}
+                                      for c in spec.get("containers") or []]}
+        out["status"] = obj.get("status") or {}
+    return out
 
 
 def _rv(obj: dict[str, Any]) -> int:
