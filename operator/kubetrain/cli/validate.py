@@ -7,7 +7,6 @@ import argparse
 import sys
 
 from kubetrain.api.specfile import SpecFileError, load_documents
-from kubetrain.api.validate import validate_object
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
             continue
+        # imported only once a file is read: a file refused while reading costs no model import
+        from kubetrain.api.validate import validate_object
+
         for i, doc in enumerate(docs):
             where = path if len(docs) == 1 else f"{path}#{i + 1}"
             problems = validate_object(doc)
