@@ -93,12 +93,14 @@ def _section_times(prof: cProfile.Profile) -> dict[str, float]:
     """Cumulative seconds of the save's parts, from a cProfile of one save."""
     stats = pstats.Stats(prof, stream=io.StringIO())
     wanted = {
-        ("checkpoint.py", "state_dict"): "state_dict (get_*_state_dict)",
+        ("checkpoint/state.py", "state_dict"): "state_dict (get_*_state_dict)",
+        ("checkpoint/state.py", "non_finite"): "finiteness check (+ its all-reduce)",
         ("state_dict_saver.py", "save"): "dcp.save (total)",
         ("filesystem.py", "_write_files_from_queue"): "  write data files (incl. fsync)",
         ("serialization.py", "save"): "    torch.save of each tensor",
         ("posix", "fsync"): "  fsync (all)",
-        ("checkpoint.py", "_commit"): "commit (kubetrain.json, rename, latest, barrier)",
+        ("checkpoint/manifest.py", "write"): "  of which hashing stream (XXH3-64 + write)",
+        ("checkpoint/checkpointer.py", "_commit"): "commit (gather checksums, kubetrain.json, manifest, rename, latest)",
     }
     out: dict[str, float] = {}
     for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -181,7 +183,7 @@ def rank_side(args: argparse.Namespace) -> None:
 
     # Warm-up: DCP's first save plans and imports; also gives the size the baseline writes.
     _, nbytes = timed_save(1)
-    nbytes = int(ckpt._broadcast(nbytes))
+    nbytes = int(ckpt.comm.broadcast(nbytes))
     step = 1
     for r in range(args.rounds):
         for what in (("ckpt", "plain") if r % 2 == 0 else ("plain", "ckpt")):

@@ -375,6 +375,12 @@ def test_failures_are_named_through_checkpoint_exception() -> None:
         assert "saving the checkpoint of step 4 failed" in str(named) and "__0_0.distcp" in str(named)
     other = failures.classify(CheckpointException("boom", {0: _wrap_exception(RuntimeError("x"))}), "saving", "/ckpt")
     assert other.reason == "CheckpointError" and other.exit_code == 1
+    # torch.save turns the OSError into "unexpected pos" and DCP's gather drops __context__: the
+    # errno the writing process saw (recorded by its hashing stream) still names it.
+    opaque = CheckpointException("save failed", {1: _wrap_exception(RuntimeError("unexpected pos 704 vs 598"))})
+    seen = [OSError(errno.ENOSPC, "No space left on device")]
+    assert failures.classify(opaque, "saving", "/ckpt", seen).reason == "CheckpointStorageFull"
+    assert failures.classify(opaque, "saving", "/ckpt", code=errno.EROFS).reason == "CheckpointStorageReadOnly"
     with pytest.raises(KeyboardInterrupt):
         failures.classify(KeyboardInterrupt(), "saving", "/ckpt")
 

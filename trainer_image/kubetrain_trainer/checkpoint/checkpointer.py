@@ -30,7 +30,7 @@ from ..errors import EXIT_RETRYABLE, ModelError, SpecError
 from ..protocol import write_failure
 from . import restore as restore_mod
 from .comm import Comm
-from .failures import NonFiniteStateError, NoValidCheckpointError, classify
+from .failures import PASS_THROUGH, NonFiniteStateError, NoValidCheckpointError, classify, storage_errno
 from .layout import META_FILE, dir_bytes, install, prune, read_meta, step_dir_name, write_atomic
 from .manifest import MANIFEST_FILE, FileRecord, Recorder, build_manifest, digest_bytes
 from .state import apply_loaded, build_meta, load_sync, non_finite, per_replica, reseed, state_dict
@@ -207,8 +207,13 @@ class Checkpointer:
                 return True
             dcp.save(state, storage_writer=writer)
         except BaseException as e:  # torch's CheckpointException is a BaseException
+            if isinstance(e, PASS_THROUGH):
+                raise
             self._discard(tmp)
-            raise classify(e, f"saving the checkpoint of step {step}", self.root) from e
+            # dcp.save fails on every rank together; the rank whose write failed knows the errno.
+            codes = self.comm.all_gather(storage_errno(e, recorder.errors))
+            code = next((c for c in codes if c is not None), None)
+            raise classify(e, f"saving the checkpoint of step {step}", self.root, recorder.errors, code) from e
         self._commit(step, tmp, meta, started, recorder, stopping=stopping)
         return True
 
@@ -282,7 +287,8 @@ class Checkpointer:
             pending.future.result()
         except BaseException as e:
             self._discard(pending.tmp)
-            raise classify(e, f"saving the checkpoint of step {pending.step}", self.root) from e
+            raise classify(e, f"saving the checkpoint of step {pending.step}", self.root,
+                           pending.recorder.errors) from e
         self._commit(pending.step, pending.tmp, pending.meta, pending.started, pending.recorder)
 
     # ------------------------------------------------------------------ the trainer callback

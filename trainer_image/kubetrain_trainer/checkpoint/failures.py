@@ -92,10 +92,25 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
                 stack.append(link)
 
 
-def storage_errno(exc: BaseException) -> int | None:
-    for e in causes(exc):
+# DCP gathers each rank's failure by pickling it, which drops __cause__/__context__: an OSError
+# that torch.save turned into a RuntimeError arrives without its errno, only its words.
+_STRERRORS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+              errno.EROFS: "Read-only file system", errno.EACCES: "Permission denied"}
+
+
+def storage_errno(exc: BaseException, seen: list[OSError] | tuple[OSError, ...] = ()) -> int | None:
+    """The storage errno behind ``exc``, or behind the write errors this process saw (``seen``)."""
+    for e in [*causes(exc), *seen]:
         if isinstance(e, OSError) and e.errno in STORAGE_REASONS:
             return e.errno
+    for e in causes(exc):
+        try:
+            text = str(e)
+        except Exception:
+            continue
+        for code, words in _STRERRORS.items():
+            if words in text:
+                return code
     return None
 
 
@@ -113,12 +128,16 @@ def short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:MAX_DETAIL]
 
 
-def classify(exc: BaseException, doing: str, where: object) -> CheckpointError:
-    """What a failure of ``doing`` (e.g. "saving the checkpoint of step 40") at ``where`` means."""
+def classify(exc: BaseException, doing: str, where: object, seen: list[OSError] | tuple[OSError, ...] = (),
+             code: int | None = None) -> CheckpointError:
+    """What a failure of ``doing`` (e.g. "saving the checkpoint of step 40") at ``where`` means.
+    ``seen``: OSErrors this process caught on the way (their errno); ``code``: an errno another rank
+    saw (the ranks agree on one)."""
     if isinstance(exc, PASS_THROUGH):
         raise exc
-    code = storage_errno(exc)
+    code = code if code is not None else storage_errno(exc, seen)
     if code is not None:
         reason, what = STORAGE_REASONS[code]
-        return CheckpointStorageError(reason, f"{doing} failed: {what} ({where}): {short(exc)}")
+        detail = short(next((e for e in seen if e.errno == code), exc))
+        return CheckpointStorageError(reason, f"{doing} failed: {what} ({where}): {detail}")
     return CheckpointError(f"{doing} failed ({where}): {short(exc)}")

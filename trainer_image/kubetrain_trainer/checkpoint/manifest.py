@@ -54,15 +54,20 @@ class HashingStream:
     ``torch.save`` and DCP only call write/tell/flush/fileno/close on it; everything else is
     delegated to the underlying file."""
 
-    def __init__(self, raw: Any, on_close: Any) -> None:
+    def __init__(self, raw: Any, on_close: Any, on_error: Any = None) -> None:
         self._raw = raw
+        self._on_error = on_error or (lambda _e: None)
         self._hash = _hasher()
         self._size = 0
         self._on_close = on_close
         self._closed = False
 
     def write(self, data: Any) -> int:
-        n = self._raw.write(data)
+        try:
+            n = self._raw.write(data)
+        except OSError as e:  # torch.save turns it into a RuntimeError without the errno: keep it
+            self._on_error(e)
+            raise
         view = memoryview(data).cast("B")
         written = len(view) if n is None else n
         self._hash.update(view[:written])
@@ -112,10 +117,15 @@ class Recorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.files: dict[str, FileRecord] = {}
+        self.errors: list[OSError] = []  # write errors seen by this process (their errno survives)
 
     def add(self, name: str, record: FileRecord) -> None:
         with self._lock:
             self.files[name] = record
+
+    def fail(self, error: OSError) -> None:
+        with self._lock:
+            self.errors.append(error)
 
     def rename(self, old: str, new: str) -> None:
         with self._lock:

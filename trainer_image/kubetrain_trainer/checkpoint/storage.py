@@ -30,7 +30,7 @@ def hashing_writer(path: Path, recorder: Recorder) -> Any:
                 return
             p = Path(path)
             with p.open(mode) as raw:
-                hashing = HashingStream(raw, lambda rec, name=p.name: recorder.add(name, rec))
+                hashing = HashingStream(raw, lambda rec, name=p.name: recorder.add(name, rec), recorder.fail)
                 try:
                     yield hashing
                 finally:
