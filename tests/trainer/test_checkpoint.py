@@ -381,6 +381,9 @@ def test_failures_are_named_through_checkpoint_exception() -> None:
     seen = [OSError(errno.ENOSPC, "No space left on device")]
     assert failures.classify(opaque, "saving", "/ckpt", seen).reason == "CheckpointStorageFull"
     assert failures.classify(opaque, "saving", "/ckpt", code=errno.EROFS).reason == "CheckpointStorageReadOnly"
+    told = str(failures.classify(opaque, "saving", "/ckpt", code=errno.ENOSPC))
+    assert "No space left on device" in told and "Traceback" not in told, told
+    assert "rank 1: RuntimeError: unexpected pos" in str(failures.classify(opaque, "saving", "/ckpt"))
     with pytest.raises(KeyboardInterrupt):
         failures.classify(KeyboardInterrupt(), "saving", "/ckpt")
 

@@ -22,6 +22,7 @@ CheckpointError               1      anything else (retryable: storage may come 
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 
 from ..errors import EXIT_MODEL_OR_DATA, EXIT_RETRYABLE, TrainerError
@@ -120,9 +121,16 @@ def short(exc: BaseException) -> str:
         if isinstance(e, OSError) and e.errno is not None:
             text = f"{type(e).__name__}: [Errno {e.errno}] {e.strerror}" + (f": {e.filename}" if e.filename else "")
             return text[:MAX_DETAIL]
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:  # CheckpointException: each rank's error, no traceback
+        parts = []
+        for rank, value in sorted(failures.items()):
+            inner = value[0] if isinstance(value, tuple) and value else value
+            parts.append(f"rank {rank}: {type(inner).__name__}: {' '.join(str(inner).split())}")
+        return "; ".join(parts)[:MAX_DETAIL]
     try:
         text = str(exc)
-    except Exception:  # a malformed CheckpointException cannot even print itself
+    except Exception:  # a malformed exception cannot even print itself
         text = repr(exc.args)
     first = " ".join(text.split())
     return f"{type(exc).__name__}: {first}"[:MAX_DETAIL]
@@ -138,6 +146,7 @@ def classify(exc: BaseException, doing: str, where: object, seen: list[OSError] 
     code = code if code is not None else storage_errno(exc, seen)
     if code is not None:
         reason, what = STORAGE_REASONS[code]
-        detail = short(next((e for e in seen if e.errno == code), exc))
+        mine = next((e for e in [*causes(exc), *seen] if isinstance(e, OSError) and e.errno == code), None)
+        detail = short(mine) if mine is not None else f"[Errno {code}] {os.strerror(code)}"
         return CheckpointStorageError(reason, f"{doing} failed: {what} ({where}): {detail}")
     return CheckpointError(f"{doing} failed ({where}): {short(exc)}")
