@@ -115,7 +115,9 @@ class CertMirror:
 
 def prepare_peer(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(peer_crd()))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/pytorchjobs.kubeflow.org")
+    wait_for(lambda: any(c.get("type") == "Established" and c.get("status") == "True" for c in (
+        cluster.kubectl_json("get", "crd", "pytorchjobs.kubeflow.org").get("status") or {}).get("conditions") or []),
+             60, "the PyTorchJob CRD established")
     if cluster.kubectl("get", "namespace", PEER_CERT_NS, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", PEER_CERT_NS)
     objs = [
