@@ -58,10 +58,6 @@ done
 command -v buildah >/dev/null || die "needs buildah: apt-get install buildah"
 
 mkdir -p "$CACHE/images"
-# One build of each image at a time (CI's images phase, a test session, a developer): a second
-# waits for the first, then finds the image up to date.
-lock() { local fd; exec {fd}>"$CACHE/images/$1.lock"; flock "$fd"; }
-
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
 dockerfile_of() { if [[ $1 == operator ]]; then echo Dockerfile; else echo trainer_image/Dockerfile; fi; }
@@ -102,8 +98,7 @@ if [[ -n ${BASE_IMAGE:-} ]]; then
   base=$BASE_IMAGE
   buildah inspect --type image "$base" >/dev/null 2>&1 || buildah pull --quiet "$base" >/dev/null
 else
-  lock base
-  base=$(bash images/base.sh)
+  base=$(flock "$CACHE/images/base.lock" bash images/base.sh)
 fi
 base_id=$(image_id "$base")
 
@@ -116,9 +111,18 @@ fi
 mkdir -p "$CACHE/wheels"
 mounts+=(-v "$CACHE/wheels:/var/cache/kubetrain-wheels")
 
+# One build of each image (and of the base) at a time: CI's images phase, a test session, a
+# developer. A second waits for the first, then finds the image up to date.
 build_one() {
+  local name=$1 fd
+  exec {fd}>"$CACHE/images/build-$name.lock"
+  flock "$fd"
+  build_locked "$name"
+  exec {fd}>&-
+}
+
+build_locked() {
   local name=$1 ref="$REGISTRY/$1:$VERSION" digest old_id new_id start
-  lock "build-$name"
   digest=$(inputs_digest "$name" "$base_id")
   old_id=$(image_id "$ref")
   if ((!force)) && [[ -n $old_id && $(image_label "$ref" "$INPUTS_LABEL") == "$digest" ]]; then
