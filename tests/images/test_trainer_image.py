@@ -98,8 +98,13 @@ def launch(trainer: ImageFacts, tmp_path: Path, max_steps: int) -> tuple[int, st
     term = tmp_path / f"termination-log-{max_steps}"
     term.write_text("")
     os.chown(term, TRAINER_UID, TRAINER_UID)
+    # The kubelet writes /etc/hosts with the pod's own hostname: torchrun hands it to the workers
+    # as MASTER_ADDR, so it must resolve (here to the container's loopback).
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost kubetrain-test\n")
+    hosts.chmod(0o644)
     mounts = Mounts(
-        binds=[(spec_dir, SPEC_DIR, True), (tmp_path / "checkpoints", "/checkpoints", False),
+        binds=[(hosts, "/etc/hosts", True), (spec_dir, SPEC_DIR, True), (tmp_path / "checkpoints", "/checkpoints", False),
                (term, "/dev/termination-log", False)],
         tmpfs=["/tmp"],  # an emptyDir: torch's and the launcher's scratch files
         shm_bytes=1 << 30,  # the pods' memory-backed /dev/shm
