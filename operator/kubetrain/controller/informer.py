@@ -192,6 +192,8 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
                        "containers": [{"name": c.get("name"), "ports": c.get("ports") or []}
                                       for c in spec.get("containers") or []]}
         out["status"] = obj.get("status") or {}
+    elif obj.get("kind") == "Workload":  # Kueue's: its pod sets, admission and conditions are read
+        out["spec"], out["status"] = obj.get("spec") or {}, obj.get("status") or {}
     return out
 
 
