@@ -63,7 +63,7 @@ def gate(s: PassState, spec: api.TrainingJobSpec) -> Decision | api.TrainingJobS
         flavors = f", flavor {', '.join(wl.flavors)}" if wl.flavors else ""
         message = (f"admitted by ClusterQueue {wl.cluster_queue} (queue {queue}) with {count} of "
                    f"{spec.workers.replicas} workers{flavors}")
-        was_suspended = c.is_true(s.conds, c.SUSPENDED)
+        was_suspended = c.is_true(s.conds, c.SUSPENDED) and s.st.start_time is not None  # it ran before
         s.cond(c.SUSPENDED, False, R_ADMITTED, message)
         s.event("Normal", R_ADMITTED, message + ("; resuming from the last checkpoint" if was_suspended else ""))
         if s.st.phase == "Suspended":
