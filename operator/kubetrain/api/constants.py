@@ -64,6 +64,7 @@ ENV_RUN_LOCK_ID: Final = "KUBETRAIN_RUN_LOCK_ID"  # who may share the run direct
 ENV_TERMINATION_LOG: Final = "KUBETRAIN_TERMINATION_LOG"
 ENV_METRICS_PORT: Final = "KUBETRAIN_METRICS_PORT"
 ENV_METRICS_HOST: Final = "KUBETRAIN_METRICS_HOST"
+ENV_PEAK_FLOPS: Final = "KUBETRAIN_PEAK_FLOPS"  # peak FLOP/s per device, for MFU where the table has none
 ENV_JOB_NAME: Final = "KUBETRAIN_JOB_NAME"
 ENV_WORKER_INDEX: Final = "KUBETRAIN_WORKER_INDEX"
 ENV_TENSOR_PARALLEL: Final = "KUBETRAIN_TENSOR_PARALLEL"  # tp: consecutive local ranks split each layer
@@ -82,7 +83,6 @@ ENV_FAULT_STOP_SAVE_SLEEP_SECONDS: Final = "KUBETRAIN_FAULT_STOP_SAVE_SLEEP_SECO
 ENV_FAULT_STEP_SLEEP_SECONDS: Final = "KUBETRAIN_FAULT_STEP_SLEEP_SECONDS"
 ENV_FAULT_NAN_PARAM_STEP: Final = "KUBETRAIN_FAULT_NAN_PARAM_STEP"
 
-ENV_PEAK_FLOPS: Final = "KUBETRAIN_PEAK_FLOPS"  # peak FLOP/s per device, for MFU where the table has none
 # --- files -----------------------------------------------------------------------------------
 TERMINATION_LOG: Final = "/dev/termination-log"
 RUN_LOCK_FILE: Final = ".kubetrain.lock"  # in the run directory: flock'ed by the run using it
