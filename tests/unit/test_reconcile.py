@@ -822,6 +822,7 @@ class _ProgressServer:
 
                 _time.sleep(outer.hang)
                 self.send_response(200 if self.path == "/progress" else 404)
+                self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(outer.body)
 

@@ -4,7 +4,9 @@ Local rank 0 of every worker pod serves /progress (JSON) on the container port n
 The poller asks the lowest-index Ready pod of the current generation of each job every
 `interval` seconds, keeps the latest answer in memory and asks for a pass, which writes it to
 status.progress. A pod that does not answer within the timeout leaves the last reading (and
-its time) in place; a slow pod never delays a pass, nor the other jobs' polls.
+its time) in place; a slow pod never delays a pass, nor the other jobs' polls. What a pod answers
+is the job author's to decide, so `fetch` follows no redirect, wants `application/json` and reads
+at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ from kubetrain.controller.observed import ProgressReading
 log = logging.getLogger("kubetrain.controller.progress")
 K = TypeVar("K", bound=Hashable)
 MAX_CONCURRENT = 32
+# A report is a few hundred bytes; anything past this is not one (and must not fill our memory).
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,32 @@ def target_of(pods: list[dict[str, Any]], generation: int, container: str = "tra
     return Target(pod=pod["metadata"]["name"], url=f"http://{host}:{port}/progress")
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> ProgressReport | None:
-    """The report at `url`, or None (unreachable, slow, not JSON, not a report)."""
+async def fetch(
+    session: aiohttp.ClientSession, url: str, timeout: float, max_bytes: int = MAX_BODY_BYTES,
+) -> ProgressReport | None:
+    """The report at `url`, or None (unreachable, slow, redirected, too big, not JSON, not a report).
+
+    The worker's image is the job author's code, so the answer is treated as hostile: no
+    redirect is followed (a 3xx would make the operator fetch any URL it can reach), the body
+    must be declared `application/json` and is read only up to `max_bytes` (one byte more
+    proves it too big, without reading the rest), and `timeout` bounds the whole exchange,
+    a slow drip included."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if resp.status != 200:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
+            if resp.status != 200 or resp.content_type != "application/json":
                 return None
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            if resp.content_length is not None and resp.content_length > max_bytes:
+                return None
+            body = bytearray()
+            while len(body) <= max_bytes:
+                chunk = await resp.content.read(max_bytes + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > max_bytes:
+                return None
+            data = json.loads(body.decode(resp.charset or "utf-8"))
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, LookupError):
         return None
     return ProgressReport.from_answer(data)
 
