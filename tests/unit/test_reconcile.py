@@ -137,6 +137,18 @@ CASES: list[Case] = [
          pods=[pod(0), pod(1, phase="Pending", unschedulable="0/4 nodes: Insufficient nvidia.com/gpu")],
          status={"phase": "Pending"}, phase="Pending", events=["Unschedulable"],
          conditions={"Scheduled": ("False", "Unschedulable")}),
+    Case("worker stuck on its image: Running=False with the kubelet's reason, one Warning", TWO,
+         pods=[pod(0), pod(1, phase="Pending", node="node-b",
+                           stuck=("ImagePullBackOff", "container trainer: Back-off pulling image \"x:1\""))],
+         status={"phase": "Pending"}, phase="Pending", events=["ImagePullBackOff"],
+         conditions={"Running": ("False", "ImagePullBackOff"), "Scheduled": ("True", "Scheduled")}),
+    Case("worker still stuck on the same reason: no second Warning", TWO,
+         pods=[pod(0), pod(1, phase="Pending", node="node-b", stuck=("CreateContainerConfigError", "container "
+                                                                    "trainer: secret \"s\" not found"))],
+         status={"phase": "Pending", "conditions": [
+             {"type": "Running", "status": "False", "reason": "CreateContainerConfigError", "message": "",
+              "lastTransitionTime": ts(-30)}]},
+         phase="Pending", events=[], conditions={"Running": ("False", "CreateContainerConfigError")}),
     Case("missing Service and ConfigMap are recreated", TWO, pods=[pod(0), pod(1)], status=running_status(),
          children=False, create=[], events=[]),
     # ----------------------------------------------------------------- elastic
@@ -892,3 +904,19 @@ def test_termination_record_step_and_loss_are_parsed() -> None:
             '{"reason": "Succeeded", "message": "training finished", "step": 30, "loss": 1.25}'}}}]}}
     view = pod_view(raw)
     assert (view.final_step, view.final_loss, view.reason) == (30, 1.25, "Succeeded")
+
+
+def test_pod_view_names_a_container_that_cannot_start() -> None:
+    """The kubelet's waiting reason reaches the PodView only for reasons a pod does not leave by
+    itself; ContainerCreating (normal start) is not 'stuck'."""
+    from kubetrain.controller.observed import pod_view
+
+    def raw(reason: str, init: bool = False) -> dict[str, Any]:
+        cs = [{"name": "trainer", "state": {"waiting": {"reason": reason, "message": f"why {reason}"}}}]
+        key = "initContainerStatuses" if init else "containerStatuses"
+        return {"metadata": {"name": "p", "labels": {}}, "status": {"phase": "Pending", key: cs}}
+
+    assert pod_view(raw("ContainerCreating")).stuck is None
+    assert pod_view(raw("ErrImagePull")).stuck == ("ErrImagePull", "container trainer: why ErrImagePull")
+    assert pod_view(raw("CreateContainerConfigError", init=True)).stuck == (
+        "CreateContainerConfigError", "container trainer: why CreateContainerConfigError")

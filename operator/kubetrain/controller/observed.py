@@ -33,6 +33,13 @@ LOSS_CAUSES = {
     "TerminationByKubelet": "terminated by the kubelet",
 }
 
+# The kubelet's reasons for a container that cannot start (its state.waiting): a pod that waits
+# for one of these will not start by itself, so the job's status says so instead of "Pending".
+STUCK_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff",
+})
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -44,6 +51,8 @@ class PodView:
     ready: bool = False
     node: str | None = None
     unschedulable: str | None = None  # the scheduler's message while it cannot place the pod
+    # (reason, message) of the kubelet while a container cannot start (STUCK_REASONS)
+    stuck: tuple[str, str] | None = None
     deleting: bool = False
     exit_code: int | None = None
     reason: str = ""  # termination reason (trainer's JSON, else the container's or the pod's)
@@ -165,6 +174,7 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
     unschedulable = None
     if sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
         unschedulable = sched.get("message") or "unschedulable"
+    stuck = _stuck(statuses, status.get("initContainerStatuses") or [])
     disruption = conditions.get("DisruptionTarget") or {}
     disrupted = disruption.get("status") == "True" or status.get("reason") in {"Evicted", "Preempting", "NodeLost"}
     cause = str(disruption.get("reason") or "") if disruption.get("status") == "True" else ""
@@ -178,6 +188,7 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         node=spec.get("nodeName"),
         unschedulable=unschedulable,
+        stuck=stuck,
         deleting=bool(meta.get("deletionTimestamp")),
         exit_code=exit_code if isinstance(exit_code, int) else None,
         reason=str(reason),
@@ -189,6 +200,18 @@ def pod_view(pod: dict[str, Any], container: str = "trainer") -> PodView:
         final_step=final_step,
         final_loss=final_loss,
     )
+
+
+def _stuck(statuses: list[dict[str, Any]], init: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first container (init containers first) that waits for a reason it will not leave by
+    itself, as (reason, "container <name>: <kubelet's message>")."""
+    for cs in [*init, *statuses]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = str(waiting.get("reason") or "")
+        if reason in STUCK_REASONS:
+            detail = str(waiting.get("message") or reason)
+            return reason, f"container {cs.get('name', '?')}: {detail}"
+    return None
 
 
 def _time(value: Any) -> dt.datetime | None:

@@ -8,6 +8,7 @@ import datetime as dt
 from kubetrain import api
 from kubetrain.controller import conditions as c
 from kubetrain.controller.builders import nnodes
+from kubetrain.controller.observed import PodView
 from kubetrain.controller.reconcile import gang, queueing, workers
 from kubetrain.controller.reconcile.failures import failures, restart, success
 from kubetrain.controller.reconcile.progress import record_progress
@@ -140,8 +141,26 @@ def phase(s: PassState, spec: api.TrainingJobSpec, desired: int) -> Decision:
             s.cond(c.RUNNING, False, R_RESTARTING, "the workers are being restarted")
         return s.decision()
     s.st.phase = "Pending"
-    s.cond(c.RUNNING, False, R_PENDING, f"{len(running)} of {desired} workers running, training starts with {w.min}")
+    counts = f"{len(running)} of {desired} workers running, training starts with {w.min}"
+    if not waiting_visible(s, cur, counts):
+        s.cond(c.RUNNING, False, R_PENDING, counts)
     return s.decision()
+
+
+def waiting_visible(s: PassState, cur: list[PodView], counts: str) -> bool:
+    """A worker whose container cannot start (image pull, config error, crash loop) puts the
+    kubelet's reason and message on the Running condition, with a Warning once per reason: a
+    job stuck on an image is visible in seconds instead of a silent Pending."""
+    stuck = next((p for p in cur if p.stuck is not None), None)
+    if stuck is None or stuck.stuck is None:
+        return False
+    reason, detail = stuck.stuck
+    message = f"pod {stuck.name}, {detail}"
+    before = c.get(s.conds, c.RUNNING)
+    if before is None or before.reason != reason:
+        s.event("Warning", reason, message)
+    s.cond(c.RUNNING, False, reason, f"{message}; {counts}")
+    return True
 
 
 def below_min(s: PassState, spec: api.TrainingJobSpec, running: int) -> Decision:
