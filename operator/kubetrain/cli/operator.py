@@ -16,7 +16,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from kubetrain.controller import logs
 from kubetrain.controller.builders import DEFAULT_TRAINER_IMAGE
+
+ENV_LOG_FORMAT = "KUBETRAIN_LOG_FORMAT"  # the chart's logFormat
 
 if TYPE_CHECKING:
     from kubetrain.controller.leader import LeaderElector
@@ -42,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delay before the first restart after a failure; doubles per failure")
     parser.add_argument("--backoff-max-seconds", type=float, default=360.0, help="cap of the restart delay")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then $KUBECONFIG)")
-    parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
-                        help="json: one structured object per line")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=os.environ.get(ENV_LOG_FORMAT) or "json",
+                        help="json: one object per line (time, level, logger, message, ...); plain: text "
+                             "(default: $KUBETRAIN_LOG_FORMAT, set by the chart's logFormat, or json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     parser.add_argument("--kube-api-qps", type=float, default=200.0,
                         help="client-side rate limit of API calls per second (token bucket); 0: none")
@@ -72,13 +76,11 @@ def run(args: argparse.Namespace) -> int:
     from kubetrain.controller import handlers
     from kubetrain.controller.reconcile import Settings
 
-    formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
-    kopf.configure(verbose=args.verbose, log_format=formats[args.log_format])
-    # kopf logs every handled watch event ("Handler 'pod_event' succeeded") at INFO: noise here,
-    # the decisions are logged by the reconciler.
-    for noisy in ("urllib3", "kubernetes", "kopf.objects", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    logging.getLogger("celpy").setLevel(logging.WARNING)  # validation's CEL interpreter traces every step
+    if args.log_format not in logs.FORMATS:  # from the environment: argparse checks only the flag
+        print(f"kubetrain operator: {ENV_LOG_FORMAT}={args.log_format!r}: expected one of "
+              f"{', '.join(logs.FORMATS)}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format, args.verbose)
     rt = handlers.RUNTIME
     rt.settings = Settings(
         trainer_image=args.trainer_image,
@@ -112,6 +114,19 @@ def run(args: argparse.Namespace) -> int:
         if elector is not None:
             elector.release()
     return 0
+
+
+def configure_logging(fmt: str, verbose: bool = False) -> None:
+    """kopf's logging setup (levels, asyncio's logger muted), then our line format."""
+    import kopf
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    logs.use(fmt)
+    # kopf logs every handled watch event ("Handler 'pod_event' succeeded") at INFO: noise here,
+    # the decisions are logged by the reconciler.
+    for noisy in ("urllib3", "kubernetes", "kopf.objects", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("celpy").setLevel(logging.WARNING)  # validation's CEL interpreter traces every step
 
 
 class _Healthy(http.server.BaseHTTPRequestHandler):
