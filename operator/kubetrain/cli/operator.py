@@ -63,6 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renew-deadline-seconds", type=float, default=6.0,
                         help="a leader that cannot renew for this long stops (< lease duration)")
     parser.add_argument("--retry-period-seconds", type=float, default=2.0, help="renew / retry interval")
+    policy = parser.add_argument_group(
+        "pass-through policy (docs/security.md)",
+        "what a TrainingJob may hand its pods; the chart sets these from admissionPolicy.*")
+    policy.add_argument("--enforce-policy", action="store_true",
+                        help="fail jobs (reason PolicyViolation, no pod) that name a ServiceAccount or Secret "
+                             "outside the allow-lists below, or mount hostPath without --allow-host-path")
+    policy.add_argument("--allowed-service-account", action="append", default=[], metavar="NAME",
+                        help="spec.workers.serviceAccountName allowed (repeatable; '*': any)")
+    policy.add_argument("--allowed-secret", action="append", default=[], metavar="NAME",
+                        help="Secret allowed in envFrom, env valueFrom and secret/projected volumes "
+                             "(repeatable; '*': any)")
+    policy.add_argument("--allow-host-path", action="store_true", help="allow hostPath volumes")
     # Fault injection for the cluster tests (a pause before each API action): not for production.
     parser.add_argument("--test-action-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kubetrain.controller import handlers
+    from kubetrain.controller.policy import Policy
     from kubetrain.controller.reconcile import Settings
 
     if args.log_format not in logs.FORMATS:  # from the environment: argparse checks only the flag
@@ -87,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         backoff_base_seconds=args.backoff_base_seconds,
         backoff_max_seconds=args.backoff_max_seconds,
         resync_seconds=args.resync_seconds,
+        policy=Policy.of(args.allowed_service_account, args.allowed_secret, args.allow_host_path)
+        if args.enforce_policy else None,
     )
     rt.concurrency = max(1, args.workers)
     rt.kubeconfig = args.kubeconfig

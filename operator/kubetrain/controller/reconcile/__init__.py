@@ -40,6 +40,7 @@ from kubetrain.controller.reconcile.state import (
     R_EVICTED,
     R_INVALID_SPEC,
     R_PENDING,
+    R_POLICY_VIOLATION,
     R_PREEMPTED,
     R_QUEUED,
     R_RESCALED,
@@ -71,10 +72,11 @@ from kubetrain.controller.reconcile.state import (
     backoff_seconds,
     workers_created_event,
 )
+from kubetrain.controller.reconcile.terminal import finish
 
 __all__ = [
     "R_ADMITTED", "R_BACKOFF_LIMIT", "R_BELOW_MIN", "R_COMPLETED", "R_DEADLINE", "R_EVICTED", "R_INVALID_SPEC",
-    "R_PENDING", "R_PREEMPTED", "R_QUEUED", "R_RESCALED", "R_RESTARTING", "R_RESUMED", "R_RUNNING", "R_SCALED", "R_SCHEDULED", "R_STALLED", "R_SUSPENDED",
+    "R_PENDING", "R_POLICY_VIOLATION", "R_PREEMPTED", "R_QUEUED", "R_RESCALED", "R_RESTARTING", "R_RESUMED", "R_RUNNING", "R_SCALED", "R_SCHEDULED", "R_STALLED", "R_SUSPENDED",
     "R_TTL", "R_UNSCHEDULABLE", "R_WORKERS_CREATED", "R_WORKER_FAILED", "R_WORKER_LOST", "TERMINAL", "Action",
     "Create", "Decision", "DeleteChild", "DeleteJob", "DeletePod", "Event", "Job", "PatchWorkloadStatus", "Settings",
     "Update",
@@ -84,7 +86,14 @@ __all__ = [
 
 def reconcile(job: Job, observed: Observed, now: dt.datetime, settings: Settings | None = None) -> Decision:
     """Decide one pass for `job` given its children as listed now."""
-    return run(PassState(job, observed, now, settings or Settings()))
+    s = PassState(job, observed, now, settings or Settings())
+    policy = s.settings.policy
+    if policy is not None and job.spec is not None and s.st.phase not in TERMINAL and not job.problems:
+        # Before anything is created: a job beyond the pass-through policy gets no pod.
+        violations = policy.violations(job.spec)
+        if violations:
+            return finish(s, False, R_POLICY_VIOLATION, "denied by the pass-through policy: " + "; ".join(violations))
+    return run(s)
 
 
 def spec_problems(obj: dict[str, Any]) -> tuple[str, ...]:

@@ -13,11 +13,13 @@ from kubetrain.controller import names as n
 from kubetrain.controller.builders import DEFAULT_TRAINER_IMAGE, JobRef
 from kubetrain.controller.kueue import QUEUE_LABEL
 from kubetrain.controller.observed import Observed, PodView
+from kubetrain.controller.policy import Policy
 
 TERMINAL = ("Succeeded", "Failed")
 
 # Condition reasons (and Event reasons) the operator uses; tests and docs refer to these.
 R_INVALID_SPEC = "InvalidSpec"
+R_POLICY_VIOLATION = "PolicyViolation"  # the pass-through policy (controller/policy.py)
 R_BACKOFF_LIMIT = "BackoffLimitExceeded"
 R_DEADLINE = "DeadlineExceeded"
 R_BELOW_MIN = "BelowMinReplicas"
@@ -51,6 +53,8 @@ class Settings:
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 360.0
     resync_seconds: float = 60.0
+    # The opt-in pass-through policy (service accounts, secrets, hostPath); None: off.
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True)
