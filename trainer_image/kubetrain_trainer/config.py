@@ -198,11 +198,12 @@ def from_spec(obj: Any, name: str | None = None, world_size: int | None = None) 
     """TrainingJob / spec (dict or ``kubetrain.api`` model) -> JobConfig. Raises SpecError.
 
     ``world_size``: the training processes; DeepSpeed's batch rule (``train_batch_size = micro x
-    accumulation x data-parallel size``) is resolved at ``world_size / tensorParallel``. None:
+    accumulation x data-parallel size``) is resolved at ``world_size / (tensorParallel x
+    pipelineParallel)``. None:
     the job's nominal size (workers.replicas x procsPerWorker).
     """
     job = _checked_job(obj)
-    dp = None if world_size is None else max(1, world_size // job.spec.parallelism.tensor_parallel)
+    dp = None if world_size is None else max(1, world_size // job.spec.parallelism.model_parallel)
     try:
         spec = resolve(job.spec, dp)
     except DeepSpeedConfigError as e:

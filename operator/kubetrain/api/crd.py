@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from kubetrain import api
 from kubetrain.api.constants import GROUP, KIND, PLURAL, VERSION
 from kubetrain.api.modelsize import DEFAULT_PRESET, PRESETS
+from kubetrain.api.pipeline import cel_rules as pipeline_rules
+from kubetrain.api.tensorparallel import PROCS
 from kubetrain.api.tensorparallel import cel_rules as tensor_parallel_rules
 
 _DROP = {"title", "default", "discriminator"}
@@ -54,7 +56,8 @@ DERIVED_RULES: dict[str, tuple[api.CelRule, ...]] = {
             field_path=".dModel",
         ),
     ),
-    "TrainingJobSpec": tensor_parallel_rules(),  # tensorParallel divides procs, heads, vocabulary
+    # tensorParallel divides procs, heads, vocabulary; pipelineParallel x tensorParallel the world size
+    "TrainingJobSpec": (*tensor_parallel_rules(), *pipeline_rules(PROCS)),
 }
 
 

@@ -225,6 +225,13 @@ class ModelSpec(ApiModel):
         "tp_mesh, sequence_parallel) returning the torch parallelize_module plan (module name -> "
         "ParallelStyle). Default: none (the built-in GPT has its own plan).",
     )
+    pipeline_split: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=512,
+        description='With model.entrypoint and parallelism.pipelineParallel > 1: "pkg.module:fn", fn(model, '
+        "stage_index, num_stages) returning that stage's module (the model's own parameter names; its forward "
+        "takes the previous stage's output). Default: none (the built-in GPT splits itself).",
+    )
 
     cel_rules = (
         CelRule(
@@ -242,6 +249,12 @@ class ModelSpec(ApiModel):
             message="tensorParallelPlan is for entrypoint models (the built-in GPT has its own): set entrypoint "
             "or remove tensorParallelPlan",
             field_path=".tensorParallelPlan",
+        ),
+        CelRule(
+            rule="has(self.entrypoint) || !has(self.pipelineSplit)",
+            message="pipelineSplit is for entrypoint models (the built-in GPT splits itself): set entrypoint "
+            "or remove pipelineSplit",
+            field_path=".pipelineSplit",
         ),
         # + dModel divisible by nHeads, written from the preset table by kubetrain.api.crd
     )
@@ -385,6 +398,34 @@ class ParallelismSpec(ApiModel):
         description="With tensorParallel > 1, also split norms, dropout and the residual stream along the "
         "sequence (their activations / tensorParallel). Default: true when tensorParallel > 1.",
     )
+    pipeline_parallel: int = Field(
+        default=1, ge=1, le=64,
+        description="Pipeline-parallel degree: the model's layers split into this many stages, one per group of "
+        "ranks (mesh order pp x dp x tp); pipelineParallel x tensorParallel must divide the world size; the "
+        "micro-batches of a step (the gradient-accumulation steps) flow through the stages.",
+    )
+    pipeline_schedule: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="GPipe, 1F1B, Interleaved1F1B (2 stages per rank) or ZeroBubble (interleaved zero bubble, "
+        "2 stages per rank); torch's class names (ScheduleGPipe, Schedule1F1B, ScheduleInterleaved1F1B, "
+        "ScheduleInterleavedZeroBubble) and any letter case are accepted. Default: 1F1B.",
+    )
+    pipeline_boundaries: list[int] | None = Field(
+        default=None, max_length=255,
+        description="Built-in GPT only: the transformer block each stage after the first starts at (strictly "
+        "increasing, one per stage boundary: pipelineParallel - 1 entries, or 2 x pipelineParallel - 1 for "
+        "the interleaved schedules). Embeddings are on the first stage, the head on the last. Default: "
+        "balanced by parameter count.",
+    )
+
+    @field_validator("pipeline_schedule")
+    @classmethod
+    def _schedule_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from kubetrain.api.pipeline_schedules import canonical_schedule
+
+        return canonical_schedule(value)
 
     cel_rules = (
         CelRule(
@@ -410,7 +451,32 @@ class ParallelismSpec(ApiModel):
             message="sequenceParallel needs tensorParallel > 1: set tensorParallel or remove sequenceParallel",
             field_path=".sequenceParallel",
         ),
+        CelRule(
+            rule="!has(self.pipelineParallel) || self.pipelineParallel == 1 || !has(self.sync) || !has(self.sync.mode) "
+            "|| self.sync.mode == 'allreduce'",
+            message="localSGD/diloco/powerSGD average whole replicas, not pipeline stages: use sync.mode allreduce "
+            "with pipelineParallel > 1, or pipelineParallel 1",
+            field_path=".sync.mode",
+        ),
+        CelRule(
+            rule="!has(self.pipelineParallel) || self.pipelineParallel == 1 || !has(self.strategy) || self.strategy != 'zero1'",
+            message="strategy zero1 with pipelineParallel > 1 is not supported: use zero2 (also shards gradients "
+            "over the data-parallel ranks), zero3 or ddp, or pipelineParallel 1",
+            field_path=".strategy",
+        ),
+        CelRule(
+            rule="(has(self.pipelineParallel) && self.pipelineParallel > 1) || "
+            "(!has(self.pipelineSchedule) && !has(self.pipelineBoundaries))",
+            message="pipelineSchedule and pipelineBoundaries need pipelineParallel > 1: set pipelineParallel or "
+            "remove them",
+            field_path=".pipelineParallel",
+        ),
     )
+
+    @property
+    def model_parallel(self) -> int:
+        """Ranks that share one data-parallel replica: pipelineParallel x tensorParallel."""
+        return self.pipeline_parallel * self.tensor_parallel
 
     @property
     def sequence_parallel_on(self) -> bool:

@@ -26,12 +26,15 @@ from kubetrain.api.combinations import combination_problems
 from kubetrain.api.constants import API_VERSION, KIND
 from kubetrain.api.crd import crd_schema
 from kubetrain.api.objectmeta import metadata_problems
+from kubetrain.api.pipeline import pp_problems
 from kubetrain.api.problems import Problem, SpecError
 from kubetrain.api.tensorparallel import tp_problems
 
 # Checks beyond the schema, in order: spec -> problems. An explicit list (nothing registers itself).
 SemanticCheck = Callable[[api.TrainingJobSpec, dict[str, Any]], list[Problem]]
-SEMANTIC_CHECKS: tuple[SemanticCheck, ...] = (deepspeed.deepspeed_problems, combination_problems, tp_problems)
+SEMANTIC_CHECKS: tuple[SemanticCheck, ...] = (
+    deepspeed.deepspeed_problems, combination_problems, tp_problems, pp_problems,
+)
 
 # Non-fatal remarks shown by `kubetrain validate` (e.g. unsupported DeepSpeed keys).
 NOTE_PROVIDERS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (deepspeed.note_provider,)

@@ -105,11 +105,11 @@ def valid_world_sizes(spec: api.TrainingJobSpec) -> tuple[list[int], list[int]]:
     """
     res = analyse(spec)
     G = res.spec.training.global_batch_size or KUBETRAIN_DEFAULTS["globalBatchSize"]
-    procs = spec.workers.procs // spec.parallelism.tensor_parallel  # data-parallel ranks per worker
+    mp = spec.parallelism.model_parallel  # tensor x pipeline ranks of one replica share its samples
     valid: list[int] = []
     invalid: list[int] = []
     for count in range(spec.workers.min, spec.workers.max + 1):
-        (valid if count * procs <= G else invalid).append(count)
+        (valid if count * spec.workers.procs // mp <= G else invalid).append(count)
     return valid, invalid
 
 

@@ -63,8 +63,9 @@ def suggest(name: str, options: Iterable[str]) -> str:
 
 def nominal_world_size(spec: api.TrainingJobSpec) -> int:
     """The job's data-parallel size at its nominal replicas: DeepSpeed's "world size" in the batch
-    rule (train = micro x accumulation x data-parallel size); tensorParallel ranks share samples."""
-    return max(1, spec.workers.replicas * spec.workers.procs // spec.parallelism.tensor_parallel)
+    rule (train = micro x accumulation x data-parallel size); the tensorParallel and pipelineParallel
+    ranks of one replica share samples."""
+    return max(1, spec.workers.replicas * spec.workers.procs // spec.parallelism.model_parallel)
 
 
 def same(a: Any, b: Any) -> bool:
