@@ -64,7 +64,7 @@ DENIED: list[tuple[dict[str, Any], str]] = [
 def test_each_violation_names_the_field_and_the_fix(workers: dict[str, Any], message: str) -> None:
     (violation,) = POLICY.violations(spec(**workers))
     assert violation.startswith(message)
-    assert "the cluster admin widens the chart's admissionPolicy." in violation
+    assert "the cluster admin widens the chart value admissionPolicy." in violation
     assert any(fix in violation for fix in ("remove it", "use a PersistentVolumeClaim"))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from kubetrain import api
 
 ANY = "*"  # in an allow-list: every name
-WHO_FIXES = "the cluster admin widens the chart's admissionPolicy.{values}"
+WHO_FIXES = "the cluster admin widens the chart value admissionPolicy.{values}"
 
 
 def _allowed(names: frozenset[str]) -> str:
@@ -49,7 +49,7 @@ class Policy:
         if w.service_account_name is not None and not self._ok(self.service_accounts, w.service_account_name):
             out.append(
                 f"spec.workers.serviceAccountName {w.service_account_name!r} is not allowed (allowed: "
-                f"{_allowed(self.service_accounts)}): remove it to run as the namespace's default "
+                f"{_allowed(self.service_accounts)}): remove it to run as the namespace default "
                 f"ServiceAccount or name an allowed one; "
                 + WHO_FIXES.format(values="serviceAccountNames"))
         for path, name in _secret_refs(w):
