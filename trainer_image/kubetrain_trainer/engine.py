@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 
 from kubetrain.api.schedules import LRSchedule, ScheduleError, make_schedule
 from kubetrain_trainer.loss_scale import LossScaleAtMinimumError
@@ -28,7 +29,9 @@ from .faults import Faults
 from .metrics import Throughput, monotonic, peak_flops, peak_memory_bytes
 from .models import BuiltModel, build_model
 from .optim import build_optimizer
-from .parallel import check_combination, parallelize
+from .parallel import Parallelized, check_combination, parallelize
+from .pipeline_parallel import Pipeline
+from .pipeline_parallel import make_mesh as make_pp_mesh
 from .precision import make_plan as make_precision_plan
 from .reporting import Reporter, Summary
 from .stepping import NonFiniteGuard, apply_schedule, clip_coefficient
@@ -82,10 +85,28 @@ class Trainer:
         check_combination(cfg.strategy, cfg.dtype)
         # Tensor parallelism: a (dp, tp) mesh; the batch is split over the dp ranks only (the tp ranks
         # of a group read the same samples), so every step still consumes exactly globalBatchSize.
-        tp = cfg.parallel.tensor_parallel
-        self.mesh = make_mesh(ctx.device.type, ctx.world_size, ctx.local_world_size, tp) if tp > 1 else None
-        self.dp_size, self.dp_rank = ctx.world_size // tp, ctx.rank // tp
-        self.batch_plan = make_plan(cfg.global_batch_size, t.micro_batch_size, self.dp_size, self.dp_rank)
+        # Pipeline parallelism: a (pp, dp, tp) mesh (pipeline_parallel.py); the ranks of one pipeline
+        # read the same samples, its micro-batches are the step's accumulation micro-batches.
+        tp, pp = cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel
+        self.pipeline: Pipeline | None = None
+        self.mesh: DeviceMesh | None
+        if pp > 1:
+            self.mesh = make_pp_mesh(ctx.device.type, ctx.world_size, ctx.local_world_size, pp, tp)
+            self.dp_size = ctx.world_size // (pp * tp)
+            self.dp_rank = (ctx.rank // tp) % self.dp_size
+        else:
+            self.mesh = make_mesh(ctx.device.type, ctx.world_size, ctx.local_world_size, tp) if tp > 1 else None
+            self.dp_size, self.dp_rank = ctx.world_size // tp, ctx.rank // tp
+        micro = t.micro_batch_size
+        if pp > 1 and micro is None:  # default: one micro-batch per stage (kubetrain.api.pipeline)
+            micro = max(1, cfg.global_batch_size // (self.dp_size * pp))
+        self.batch_plan = make_plan(cfg.global_batch_size, micro, self.dp_size, self.dp_rank)
+        if pp > 1 and not self.batch_plan.even:
+            raise SpecError(
+                f"spec.training.globalBatchSize {cfg.global_batch_size} must be a multiple of data-parallel "
+                f"{self.dp_size} x microBatchSize {self.batch_plan.micro_batch} with pipelineParallel > 1 (every "
+                "micro-batch of a pipeline is equal): adjust globalBatchSize or microBatchSize"
+            )
         try:
             self.schedule: LRSchedule = make_schedule(cfg.schedule_type, cfg.schedule.params or {}, base_lr=cfg.lr)
         except ScheduleError as e:
@@ -100,12 +121,21 @@ class Trainer:
         if cfg.dtype == "fp8":
             self.fp8_impl = fp8.convert(built.module)
         self.built = built
-        self.par = parallelize(
-            built, cfg.strategy, self.precision, ctx,
-            activation_checkpointing=t.activation_checkpointing, compile=t.compile, offload=cfg.parallel.offload,
-            replicate_only=replicate_only(cfg.sync_mode),
-            mesh=self.mesh, sequence_parallel=cfg.parallel.sequence_parallel_on, tp_plan=cfg.model.tensor_parallel_plan,
-        )
+        if pp > 1:
+            assert self.mesh is not None
+            if replicate_only(cfg.sync_mode):
+                raise SpecError(f"spec.parallelism.sync.mode {cfg.sync_mode} with pipelineParallel > 1 is not "
+                                "supported: use allreduce")
+            self.pipeline = Pipeline(built, cfg, self.precision, ctx, self.mesh,
+                                     n_microbatches=self.batch_plan.accum_steps)
+            self.par: Parallelized = self.pipeline.par
+        else:
+            self.par = parallelize(
+                built, cfg.strategy, self.precision, ctx,
+                activation_checkpointing=t.activation_checkpointing, compile=t.compile, offload=cfg.parallel.offload,
+                replicate_only=replicate_only(cfg.sync_mode), mesh=self.mesh,
+                sequence_parallel=cfg.parallel.sequence_parallel_on, tp_plan=cfg.model.tensor_parallel_plan,
+            )
         self.optimizer = build_optimizer(self.par, cfg.optimizer, ctx.device)
         # How replicas stay in sync (sync.py); its state_dict() is part of the resume state.
         self.syncer = make_syncer(cfg.sync, self.par, ctx, self.precision, self.batch_plan.accum_steps)
@@ -128,12 +158,18 @@ class Trainer:
         """What this run is: model, strategy, precision, world and batch arithmetic."""
         cfg, plan = self.cfg, self.batch_plan
         dp, tp, g = self.dp_size, cfg.parallel.tensor_parallel, cfg.global_batch_size  # dp == world without tp
+        pp = cfg.parallel.pipeline_parallel
+        mesh = f"pipeline-parallel {pp} x " if pp > 1 else ""
         log.info(
-            "model %.2fM params, strategy %s, %s, world %d (data-parallel %d x tensor-parallel %d), "
+            "model %.2fM params, strategy %s, %s, world %d (%sdata-parallel %d x tensor-parallel %d), "
             "global batch %d = %d x micro %d x accum %d",
-            built.n_params / 1e6, cfg.strategy, cfg.dtype, self.ctx.world_size, dp, tp,
+            built.n_params / 1e6, cfg.strategy, cfg.dtype, self.ctx.world_size, mesh, dp, tp,
             g, dp, plan.micro_batch, plan.accum_steps,
         )
+        if self.pipeline is not None:
+            p = self.pipeline
+            log.info("pipeline: %d stages (%s, stages %s on this rank), %d micro-batches per step",
+                     p.n, p.schedule_spec.name, p.stage_ids, p.n_microbatches)
         if not plan.even:
             log.info(
                 "uneven split: %d samples per data-parallel rank on ranks < %d, %d on the others; "
@@ -149,6 +185,8 @@ class Trainer:
 
         Every rank runs ``accum_steps`` micro-steps (padded ones with weight 0), so each backward's
         collectives and the grad-sync-on-the-last-micro-step choice are the same on all ranks."""
+        if self.pipeline is not None:
+            return self.pipeline.forward_backward(batch, scale)
         plan = self.batch_plan
         accum = len(batch)
         loss_acc = torch.zeros((), device=self.ctx.device)
@@ -236,6 +274,8 @@ class Trainer:
         # evalBatches global batches, split like training: every rank runs the same number of
         # forwards (FSDP all-gathers in each), the padded ones weighted 0; a sample-weighted mean.
         plan = self.batch_plan
+        if self.pipeline is not None:
+            return self._evaluate_pipeline()
         n = self.cfg.training.eval_batches * plan.accum_steps
         total = torch.zeros((), device=self.ctx.device)
         for i in range(n):
@@ -250,6 +290,20 @@ class Trainer:
         # every tp rank of a group holds its group's (identical) loss: count each group once
         tp = self.ctx.world_size // self.dp_size
         return float(total.item()) / (self.cfg.training.eval_batches * plan.global_batch * tp)
+
+    def _evaluate_pipeline(self) -> float:
+        """Forward-only through the pipeline; the last stage's losses, sample-weighted, over all ranks."""
+        assert self.pipeline is not None
+        plan, accum = self.batch_plan, self.batch_plan.accum_steps
+        total = torch.zeros((), device=self.ctx.device)
+        for b in range(self.cfg.training.eval_batches):
+            batch = [self.loader.eval_batch(b * accum + m) for m in range(accum)]
+            for m, loss in enumerate(self.pipeline.eval_losses(batch)):
+                total += loss * plan.micro_count(m)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(total)
+        # the last stage's dp x tp ranks hold the losses: each tp group's once
+        return float(total.item()) / (self.cfg.training.eval_batches * plan.global_batch * self.pipeline.tp)
 
     # ------------------------------------------------------------------ loop
 

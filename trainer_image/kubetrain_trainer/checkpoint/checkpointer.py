@@ -139,7 +139,8 @@ class Checkpointer:
         trainer = self.trainer
         # the same layout: same world and tensor-parallel size (a tp change reshards through DCP too)
         same_world = saved_world == self.world and int(meta.get("tensor_parallel") or 1) == (
-            trainer.cfg.parallel.tensor_parallel)
+            trainer.cfg.parallel.tensor_parallel) and int(meta.get("pipeline_parallel") or 1) == (
+            trainer.cfg.parallel.pipeline_parallel)
         replica = None
         if full and meta.get("per_replica") and saved_world:
             # This rank's own replica at the same world size; otherwise a deterministic choice:

@@ -176,6 +176,7 @@ def build_meta(trainer: Trainer, step: int, world: int) -> dict[str, Any]:
         "step": step,
         "world_size": world,
         "tensor_parallel": t.cfg.parallel.tensor_parallel,
+        "pipeline_parallel": t.cfg.parallel.pipeline_parallel,
         "strategy": t.cfg.strategy,
         "precision": t.cfg.dtype,
         "global_batch_size": t.cfg.global_batch_size,
