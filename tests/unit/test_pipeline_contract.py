@@ -153,3 +153,28 @@ def test_bubble_in_theory() -> None:
     assert bubble_fraction("GPipe", 4, 8) == bubble_fraction("1F1B", 4, 8)
     assert bubble_fraction("Interleaved1F1B", 4, 8) == pytest.approx(3 / 19)
     assert bubble_fraction("ZeroBubble", 4, 8) < bubble_fraction("Interleaved1F1B", 4, 8)
+
+
+def test_plan_shows_stages_memory_and_bubble() -> None:
+    from kubetrain.cli.plan import render
+    from kubetrain.tools.plan import plan
+
+    base = dict(GOOD, precision={"dtype": "bf16"}, parallelism={"strategy": "zero2", "tensorParallel": 2})
+    # the same data-parallel size without the pipeline: 4 ranks = dp 2 x tp 2
+    flat = plan(api.TrainingJobSpec.model_validate(dict(base, workers={"replicas": 1, "gpusPerWorker": 4})), "H100")
+    piped = plan(api.TrainingJobSpec.model_validate(
+        dict(base, parallelism={"strategy": "zero2", "tensorParallel": 2, "pipelineParallel": 4,
+                                "pipelineSchedule": "Interleaved1F1B"})), "H100")
+    assert (flat.data_parallel, piped.data_parallel) == (2, 2)
+    p = piped.pipeline
+    assert p is not None and p.micro_batches == piped.accum_steps == 16  # 64 / (dp 2 x micro 2)
+    assert p.bubble == pytest.approx(3 / (2 * 16 + 3))
+    assert len(p.stages) == 8 and p.stages[0].embeddings and p.stages[-1].head
+    assert [s.rank for s in p.stages] == [0, 1, 2, 3, 0, 1, 2, 3]
+    # each pipeline rank holds about a quarter of the model states
+    f, q = flat.memory_of("zero2"), piped.memory_of("zero2")
+    assert f is not None and q is not None
+    assert 0.2 < q.params_bytes / f.params_bytes < 0.4
+    text = render(piped)
+    assert "bubble 8.6% of a step" in text and "pp rank" in text and "embeddings" in text
+    assert plan(api.TrainingJobSpec.model_validate(GOOD), "H100").step_time_s is not None

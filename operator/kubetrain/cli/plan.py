@@ -148,6 +148,12 @@ def _header(p: Plan) -> list[str]:
             c = p.tp_collectives
             lines.append(f"  TP traffic   {c.per_layer} {c.kind} per layer per micro batch; "
                          f"{c.bytes_per_step / GIB:.3g} GiB sent per rank per step")
+    if p.pipeline is not None:
+        pl = p.pipeline
+        per = f", {pl.stages_per_rank} stages per rank" if pl.stages_per_rank > 1 else ""
+        lines.append(f"  pipeline     {pl.pipeline_parallel} ranks x data-parallel {dp} x tensor-parallel "
+                     f"{p.tensor_parallel}; {pl.schedule}{per}, {pl.micro_batches} micro-batches per step: "
+                     f"bubble {pl.bubble:.1%} of a step (in theory)")
     accum = f" x accum {p.accum_steps}" if p.accum_steps else ""
     lines.append(f"  batch        global {p.global_batch} = {dp} data-parallel ranks x micro {p.micro_batch}{accum}; "
                  f"{p.global_batch * p.seq_len:,} tokens per step")
@@ -173,8 +179,26 @@ def _memory(p: Plan) -> list[str]:
     return lines
 
 
+def _stages(p: Plan) -> list[str]:
+    if p.pipeline is None:
+        return []
+    name, unit = _unit(p)
+    lines = ["", f"  {'stage':<7}{'rank':>5}{'blocks':>10}{'params':>12}  holds"]
+    for s in p.pipeline.stages:
+        holds = ", ".join(x for x, on in (("embeddings", s.embeddings), ("final norm + head", s.head)) if on)
+        lines.append(f"  {s.stage:<7}{s.rank:>5}{f'{s.first_block}-{s.last_block}':>10}{format_count(s.params):>12}"
+                     f"  {holds}")
+    lines.append(f"  {'pp rank':<7}{'states':>9}{'activ.':>9}{'total':>9}  ({name}/rank, {p.strategy}; "
+                 "activations of the micro-batches in flight at the peak)")
+    for r in p.pipeline.ranks:
+        act = "-" if r.activations_bytes is None else _g(r.activations_bytes, unit)
+        lines.append(f"  {r.rank:<7}{_g(r.states_bytes, unit):>9}{act:>9}{_g(r.total_bytes, unit):>9}"
+                     f"  stages {', '.join(map(str, r.stages))}, {r.in_flight} in flight")
+    return lines
+
+
 def render(p: Plan) -> str:
-    lines = _header(p) + _memory(p) + [""]
+    lines = _header(p) + _memory(p) + _stages(p) + [""]
     if p.flops_per_step and p.step_time_s and p.tokens_per_s and p.run_time_s:
         lines.append(f"  step         {_flops(p.flops_per_step)} -> {p.step_time_s:.3g} s at MFU {p.mfu:.0%} = "
                      f"{format_count(p.tokens_per_s)} tokens/s; {p.max_steps} steps = {_duration(p.run_time_s)}")

@@ -39,7 +39,7 @@ from kubetrain.api.modelsize import (
     gpu_memory_bytes,
     peak_flops,
 )
-from kubetrain.tools import plan_tp
+from kubetrain.tools import plan_pp, plan_tp
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")  # least communication and overhead first
 MIXED_DTYPES = frozenset({"bf16", "fp16", "fp8"})
@@ -130,6 +130,9 @@ class Plan:
     data_parallel: int = 0
     tp_collectives: plan_tp.TPCollectives | None = None
     host_bytes_per_node: int | None = None  # parallelism.offload cpu: host memory per node for the model states
+    # pipeline parallelism (plan_pp): world = pp x dp x tp; the memory rows are the busiest pp rank's
+    pipeline_parallel: int = 1
+    pipeline: plan_pp.PipelinePlan | None = None
 
     def memory_of(self, strategy: str) -> StrategyMemory | None:
         return next((m for m in self.memory if m.strategy == strategy), None)
@@ -423,10 +426,10 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     for GPUs). `params` overrides the parameter count (required to size an entrypoint model).
     Raises PlanError for an unknown GPU or a spec the DeepSpeed mapping rejects."""
     world = world_size or spec.workers.replicas * spec.workers.procs
-    tp = spec.parallelism.tensor_parallel
-    if world % tp:
-        raise PlanError(f"tensorParallel {tp} does not divide the world size {world}")
-    dp = world // tp  # DeepSpeed's batch rule and the global-batch split count data-parallel ranks
+    tp, pp = spec.parallelism.tensor_parallel, spec.parallelism.pipeline_parallel
+    if world % (tp * pp):
+        raise PlanError(f"pipelineParallel {pp} x tensorParallel {tp} does not divide the world size {world}")
+    dp = world // (tp * pp)  # DeepSpeed's batch rule and the global-batch split count data-parallel ranks
     spec = resolve_spec(spec, dp)
     gpu_name = gpu if gpu is not None else (DEFAULT_GPU if spec.workers.gpus_per_worker > 0 else "cpu")
     label, mem = _resolve_gpu(gpu_name)
@@ -439,7 +442,8 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     optimizer = spec.optimizer.type or "AdamW"
     opt_bytes = optimizer_state_bytes(optimizer, spec.optimizer.momentum or 0.0)
     global_batch = t.global_batch_size or 8
-    micro = t.micro_batch_size or max(1, math.ceil(global_batch / dp))
+    # a pipeline without a micro-batch size: one micro-batch per stage (kubetrain.api.pipeline)
+    micro = t.micro_batch_size or max(1, math.ceil(global_batch / dp) // pp)
     accum = _accumulation(global_batch, micro, dp, notes)
 
     size = model_size(spec.model)
@@ -457,11 +461,21 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
     inputs = _Inputs(size, n_params or 0, dp, dtype, opt_bytes, spec.model.dropout, usable, tp, sp)
     memory = tuple(inputs.memory(s, micro, t.activation_checkpointing) for s in STRATEGIES) if n_params else ()
     memory, host_node = _offloaded(spec, memory, strategy, usable, notes)
+    pipeline = None
+    if pp > 1 and size is not None and n_params:
+        memory, pipeline = plan_pp.split_memory(memory, size, spec.parallelism, accum or 1, n_params, usable)
+        if pipeline is not None:
+            notes.append(f"pipeline: the memory rows are the busiest pipeline rank's ({pipeline.schedule}, "
+                         f"{pipeline.micro_batches} micro-batches, bubble {pipeline.bubble:.0%} of a step)")
     current = next((m for m in memory if m.strategy == strategy), None)
     flops_step = fpt * global_batch * seq_len if fpt else None
     step_time = flops_step / (world * peak * mfu) if flops_step and peak else None
+    if step_time and pipeline is not None:
+        step_time /= 1 - pipeline.bubble  # the idle share of each rank's step
     suggestion = _suggestion(inputs, strategy, micro, t.activation_checkpointing, global_batch, dp, n_params)
     suggestion += _tp_suggestion(inputs, current, size, spec.workers.procs, micro, t.activation_checkpointing)
+    if pipeline is not None and current is not None:
+        suggestion = _pp_suggestion(memory, current, usable, pipeline)
     tp_comm = plan_tp.collectives(size, micro, accum or 1, dtype, tp, sp) if size and tp > 1 else None
     _common_notes(notes, dtype, t.activation_checkpointing, size, on_gpu)
     if gpu is None and on_gpu:
@@ -480,8 +494,22 @@ def plan(spec: api.TrainingJobSpec, gpu: str | None = None, world_size: int | No
         run_time_s=step_time * t.max_steps if step_time else None, max_steps=t.max_steps,
         fits=current.fits if current else None, suggestion=suggestion, notes=tuple(notes),
         tensor_parallel=tp, sequence_parallel=sp, data_parallel=dp, tp_collectives=tp_comm,
-        host_bytes_per_node=host_node,
+        host_bytes_per_node=host_node, pipeline_parallel=pp, pipeline=pipeline,
     )
+
+
+def _pp_suggestion(memory: tuple[StrategyMemory, ...], current: StrategyMemory, usable: int | None,
+                   pipeline: plan_pp.PipelinePlan) -> str:
+    """The verdict on the busiest pipeline rank (the unsplit suggestions do not apply)."""
+    where = f"on the busiest pipeline rank (pp rank {pipeline.worst.rank})"
+    if usable is None:
+        return f"{current.strategy}: {_gib(current.total_bytes)} per rank {where}; no GPU to fit"
+    if current.fits:
+        return f"{current.strategy} fits: {_gib(current.total_bytes)} of {_gib(usable)} usable {where}"
+    others = [m.strategy for m in memory if m.fits]
+    alt = f"; {', '.join(others)} would fit" if others else \
+        "; raise pipelineParallel or tensorParallel, lower microBatchSize or turn on activationCheckpointing"
+    return f"{current.strategy} does not fit: {_gib(current.total_bytes)} > {_gib(usable)} usable {where}{alt}"
 
 
 def _offloaded(spec: api.TrainingJobSpec, memory: tuple[StrategyMemory, ...], strategy: str, usable: int | None,
