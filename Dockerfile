@@ -30,7 +30,8 @@ RUN --mount=type=cache,id=kubetrain-wheels,target=/var/cache/kubetrain-wheels \
 FROM deps AS app
 # The user, as files laid over / by the final stage (which runs nothing: a RUN there would leave
 # the build's mount points, e.g. the CA bundle's, behind as empty files).
-RUN useradd --system --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
+RUN groupadd --system --gid 65532 kubetrain \
+    && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kubetrain \
     && mkdir -p /app/etc && cp -a /etc/passwd /etc/group /etc/shadow /etc/gshadow /app/etc/
 COPY pyproject.toml README.md /src/

@@ -55,6 +55,15 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    # This process's own peak RSS: VmHWM (per address space). getrusage's ru_maxrss is carried
+    # across exec on Linux, so a worker forked by a large launcher would report the launcher's size.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # peak RSS (Linux: KiB)
 
 
