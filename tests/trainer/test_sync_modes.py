@@ -7,6 +7,10 @@ Equalities on 2 real gloo processes, tiny GPT, accumulation 2 per rank:
 - DiLoCo with outerLr 1 and outerMomentum 0 is localSGD (Δ = θ_global - mean θ_r, so the outer
   step lands exactly on the average: sign and scale of the pseudo-gradient);
 - DiLoCo and PowerSGD train, with comm_bytes below allreduce's by the factor the sizes predict.
+Traffic is measured, not taken from the trainer: each rank wraps torch.distributed's collectives
+with a counter (the bytes of every tensor handed to them, and whether that tensor is the flattened
+parameters or something else, e.g. gradients); a DDP model without a comm hook of its own gets
+torch's default all-reduce hook, so that its gradient buckets pass through the counter too.
 - PowerSGD survives a NaN step (error feedback and warm-start factors reset on a skipped step).
 This file is also the rank-side program: ``python -m tests.trainer.test_sync_modes WORKDIR``.
 """
@@ -75,20 +79,74 @@ def _flat_params(trainer: Any) -> torch.Tensor:
     return torch.cat([p.detach().float().flatten() for _, p in sorted(trainer.par.inner.named_parameters())])
 
 
+class _Traffic:
+    """Counts what this rank hands to torch.distributed's collectives: per call (op, bytes, whether
+    the tensor equals the trainable parameters flattened in the trainer's order), cut per step."""
+
+    # op -> index of the tensor whose bytes go out (all_gather*/reduce_scatter*: the input)
+    OPS = {"all_reduce": 0, "broadcast": 0, "all_gather": 1, "all_gather_into_tensor": 1,
+           "reduce_scatter": 1, "reduce_scatter_tensor": 1}
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+        self.params: list[torch.Tensor] = []
+
+    def install(self) -> None:
+        import torch.distributed as dist
+
+        for op, arg in self.OPS.items():
+            setattr(dist, op, self._wrap(op, arg, getattr(dist, op)))
+
+    def _wrap(self, op: str, arg: int, real: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            t = args[arg] if len(args) > arg else next(iter(kwargs.values()))
+            ts = t if isinstance(t, list) else [t]
+            nbytes = sum(x.numel() * x.element_size() for x in ts)
+            self.calls.append((op, nbytes, len(ts) == 1 and self._is_params(ts[0])))
+            return real(*args, **kwargs)
+
+        return counted
+
+    def _is_params(self, t: torch.Tensor) -> bool:
+        if not self.params or t.numel() != sum(p.numel() for p in self.params):
+            return False
+        return torch.equal(t.detach().flatten().float(), torch.cat([p.detach().float().flatten() for p in self.params]))
+
+    def watch(self, trainer: Any) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.params = [p for p in trainer.par.params if p.requires_grad]
+        module = trainer.par.module
+        if isinstance(module, DistributedDataParallel) and trainer.syncer.mode == "allreduce":
+            # torch's default hook: the same bucket all-reduce as DDP's C++ path, through dist.all_reduce
+            module.register_comm_hook(None, default_hooks.allreduce_hook)
+        self.calls = []  # what the setup sent (DDP's initial broadcast runs in C++ anyway)
+
+    def cut(self) -> list[tuple[str, int, bool]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
 def _rank_main(workdir: Path) -> None:
     from kubetrain_trainer import config, distributed
     from kubetrain_trainer.engine import Trainer
     from kubetrain_trainer.faults import Faults
 
     ctx = distributed.init(0, 120)
+    traffic = _Traffic()
+    traffic.install()
     result: dict[str, Any] = {}
     for label, spec in RUNS.items():
         f = FAULTS.get(label, {})
         faults = Faults(nan_loss_steps=frozenset(f.get("nan_loss_steps", ())), rank=f.get("rank", 0))
         trainer = Trainer(config.from_spec(spec, world_size=ctx.world_size), ctx, None, faults=faults)
         snapshots: list[torch.Tensor] = []
+        steps: list[list[tuple[str, int, bool]]] = []
         if label in PER_STEP_PARAMS:
             trainer.callbacks.append(lambda t, rec, s=snapshots: s.append(_flat_params(t)))
+        trainer.callbacks.append(lambda t, rec, s=steps: s.append(traffic.cut()))
+        traffic.watch(trainer)
         try:
             history = trainer.fit().history
         finally:
@@ -98,6 +156,7 @@ def _rank_main(workdir: Path) -> None:
             "comm_bytes": [h["comm_bytes"] for h in history],
             "identical": [trainer.syncer.replicas_identical(h["step"]) for h in history],
             "skipped": [h["step"] for h in history if h["skipped"]],
+            "traffic": steps,
         }
         torch.save({"final": _flat_params(trainer), "steps": snapshots}, workdir / f"{label}.rank{ctx.rank}.pt")
     (workdir / f"result{ctx.rank}.json").write_text(json.dumps(result))
@@ -126,6 +185,33 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+STATS_BYTES = 64  # the per-step statistics all-reduce (loss, grad norm, a few flags): a handful of fp32
+
+
+def _measured(res: dict[str, Any], label: str) -> list[dict[str, int]]:
+    """Per step, from the counted collectives: bytes of all-reduces of the parameters themselves, of
+    all other all-reduces larger than the statistics vector (gradients, PowerSGD factors), of
+    broadcasts and of anything else; and the number of small (statistics) all-reduces."""
+    out = []
+    for calls in res[label]["traffic"]:
+        m = {"params": 0, "other_allreduce": 0, "stats": 0, "broadcast": 0, "else": 0}
+        for op, nbytes, is_params in calls:
+            if op == "all_reduce" and is_params:
+                m["params"] += nbytes
+            elif op == "all_reduce" and nbytes <= STATS_BYTES:
+                m["stats"] += 1
+            elif op == "all_reduce":
+                m["other_allreduce"] += nbytes
+            else:
+                m["broadcast" if op == "broadcast" else "else"] += nbytes
+        out.append(m)
+    return out
+
+
+def _param_bytes() -> int:
+    return 4 * _powersgd_step_elements(POWERSGD["rank"])[0]  # fp32, tied weights once
+
+
 def test_local_sgd_every_step_is_allreduce(runs: tuple[dict[str, Any], Path]) -> None:
     res, workdir = runs
     assert res["local1-sgd"]["loss"] == pytest.approx(res["ddp-sgd"]["loss"], rel=1e-5)
@@ -133,21 +219,37 @@ def test_local_sgd_every_step_is_allreduce(runs: tuple[dict[str, Any], Path]) ->
     for rank in (0, 1):
         diff = _max_diff(_params(workdir, "local1-sgd", rank)["final"], ref)
         assert diff < 2e-5, f"localSGD(syncEvery=1) differs from allreduce ddp by {diff} on rank {rank}"
-    # ... and it did not get there by all-reducing gradients: a parameter all-reduce per step.
-    assert res["local1-sgd"]["comm_bytes"] == res["ddp-sgd"]["comm_bytes"]
+    # ... and it did not get there by all-reducing gradients: one all-reduce of the parameters
+    # themselves per step, no other large collective; ddp all-reduces Ψ bytes of gradients instead.
+    psi = _param_bytes()
+    local, ddp = _measured(res, "local1-sgd"), _measured(res, "ddp-sgd")
+    start = {"params": 0, "other_allreduce": 0, "stats": 1, "broadcast": psi, "else": 0}  # rank 0's weights
+    every = {"params": psi, "other_allreduce": 0, "stats": 1, "broadcast": 0, "else": 0}
+    assert local == [start | {"params": psi}] + [every] * 7, local
+    assert ddp == [{"params": 0, "other_allreduce": psi, "stats": 1, "broadcast": 0, "else": 0}] * 8, ddp
+    # The trainer's own comm_bytes report agrees with what was measured.
+    assert res["local1-sgd"]["comm_bytes"] == [m["params"] for m in local]
+    assert res["ddp-sgd"]["comm_bytes"] == [m["other_allreduce"] for m in ddp]
 
 
 def test_local_sgd_replicas_agree_only_after_sync(runs: tuple[dict[str, Any], Path]) -> None:
+    """Every rank's parameters after every step (saved by each rank itself): identical exactly after
+    the sync steps, different in between; the parameter all-reduce happens at those steps only."""
     res, workdir = runs
     s0, s1 = _params(workdir, "local4", 0)["steps"], _params(workdir, "local4", 1)["steps"]
+    assert len(s0) == len(s1) == 8
+    same = [torch.equal(a, b) for a, b in zip(s0, s1, strict=True)]
+    assert same == [False, False, False, True] * 2, f"replicas identical after steps {same}"
     for step, (a, b) in enumerate(zip(s0, s1, strict=True), start=1):
-        if step % 4 == 0:
-            assert torch.equal(a, b), f"replicas differ right after the sync of step {step}"
-        else:
-            assert _max_diff(a, b) > 1e-4, f"replicas identical at step {step}, between syncs"
-    assert res["local4"]["identical"] == [s % 4 == 0 for s in range(1, 9)]
-    full = res["ddp-sgd"]["comm_bytes"][0]
-    assert res["local4"]["comm_bytes"] == [full if s % 4 == 0 else 0 for s in range(1, 9)]
+        if not same[step - 1]:
+            assert _max_diff(a, b) > 1e-4, f"replicas nearly identical at step {step}, between syncs"
+    # The syncer's claim about the replicas is what the parameters show.
+    assert res["local4"]["identical"] == same
+    psi = _param_bytes()
+    measured = _measured(res, "local4")
+    assert [m["params"] for m in measured] == [psi if s else 0 for s in same], measured
+    assert all(m["other_allreduce"] == m["else"] == 0 and m["stats"] == 1 for m in measured), measured
+    assert res["local4"]["comm_bytes"] == [m["params"] for m in measured]
 
 
 def test_diloco_plain_outer_step_is_local_sgd(runs: tuple[dict[str, Any], Path]) -> None:
@@ -188,14 +290,25 @@ def test_diloco_and_powersgd_train_with_less_traffic(runs: tuple[dict[str, Any],
         assert len(loss) == LONG
         assert sum(loss[-5:]) / 5 < 0.75 * loss[0], f"{label} did not train: {loss[0]:.3f} -> {loss[-5:]}"
     # (PowerSGD is lossy: rank 1 under AdamW trains clearly, but slower than the exact all-reduce.)
+    # Measured traffic: ddp all-reduces Ψ bytes of gradients every step; DiLoCo the parameters
+    # every DILOCO_EVERY steps and nothing large in between; PowerSGD Ψ before startStep, then
+    # the factors and the uncompressed vectors only.
     full, compressed = _powersgd_step_elements(POWERSGD["rank"])
-    assert ref["comm_bytes"] == [4 * full] * LONG  # fp32 gradients, one all-reduce per step
-    diloco = res["diloco-long"]["comm_bytes"]
-    assert diloco == [4 * full if s % DILOCO_EVERY == 0 else 0 for s in range(1, LONG + 1)]
-    assert sum(diloco) * DILOCO_EVERY == sum(ref["comm_bytes"])
+    ddp, diloco, psgd = (_measured(res, k) for k in ("ddp-long", "diloco-long", "powersgd-long"))
+    assert [(m["other_allreduce"], m["params"]) for m in ddp] == [(4 * full, 0)] * LONG
+    assert [(m["other_allreduce"], m["params"]) for m in diloco] == [
+        (0, 4 * full if s % DILOCO_EVERY == 0 else 0) for s in range(1, LONG + 1)]
     start = POWERSGD["startStep"]
-    assert res["powersgd-long"]["comm_bytes"] == [4 * full] * start + [4 * compressed] * (LONG - start)
+    assert [(m["other_allreduce"], m["params"]) for m in psgd] == [(4 * full, 0)] * start + [
+        (4 * compressed, 0)] * (LONG - start)
+    for m in ddp + diloco + psgd:
+        assert m["stats"] == 1 and m["else"] == 0, m
+    assert all(m["broadcast"] == 0 for m in ddp + psgd) and [m["broadcast"] for m in diloco[1:]] == [0] * (LONG - 1)
     assert full / compressed > 20  # the saving is real on this model (rank 1)
+    # The trainer's comm_bytes report is what was measured.
+    assert ref["comm_bytes"] == [m["other_allreduce"] for m in ddp]
+    assert res["diloco-long"]["comm_bytes"] == [m["params"] for m in diloco]
+    assert res["powersgd-long"]["comm_bytes"] == [m["other_allreduce"] for m in psgd]
 
 
 def test_powersgd_recovers_from_a_non_finite_step(runs: tuple[dict[str, Any], Path]) -> None:

@@ -36,10 +36,10 @@ def test_committed_crd_matches_generated() -> None:
     assert committed == crd_yaml(), "manifests/crd.yaml drifted: run `kubetrain crd > manifests/crd.yaml`"
 
 
-def test_chart_crd_matches_generated_when_present() -> None:
+def test_chart_crd_matches_generated() -> None:
     chart_crd = REPO / "charts" / "kubetrain" / "crds" / "trainingjobs.yaml"
-    if chart_crd.exists():
-        assert yaml.safe_load(chart_crd.read_text()) == build_crd()
+    assert chart_crd.is_file(), "the chart ships the CRD in crds/"
+    assert yaml.safe_load(chart_crd.read_text()) == build_crd()
 
 
 def test_identity_and_subresources() -> None:

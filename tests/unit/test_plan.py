@@ -3,7 +3,6 @@ GPU tables, fit suggestions and the CLI (which must work without torch)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from kubetrain.tools.plan import (
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "examples" / "gpu-zero3-bf16.yaml"
-HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def _spec(**spec: Any) -> api.TrainingJobSpec:
@@ -95,7 +93,6 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
     assert gpt_flops_per_token(untied) == gpt_flops_per_token(size)
 
 
-@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -104,7 +101,7 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
     ],
 )
 def test_count_equals_the_trainers_module(sizes: dict[str, Any]) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from kubetrain.api import ModelSpec
     from kubetrain_trainer.models import build_model
 
@@ -170,15 +167,14 @@ def test_activation_formula_by_hand() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
 @pytest.mark.parametrize(("mode", "checkpointing"), [(m, ac) for m in ("fp32", "autocast", "bf16-params")
                                                       for ac in (False, True)])
 def test_activation_formula_against_torch_memtracker(mode: str, checkpointing: bool) -> None:
     """Peak live activation bytes of the trainer's GPT on CPU (one forward + backward of one
     micro batch, gradients pre-allocated as DDP/FSDP do) against the formula. "bf16-params" is what
     FSDP2's MixedPrecisionPolicy runs for zero2/zero3; "autocast" is ddp/zero1 in bf16."""
-    torch = pytest.importorskip("torch")
-    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
+    import torch
+    from torch.distributed._tools import mem_tracker
     from torch.distributed._composable import checkpoint
 
     from kubetrain_trainer.models import cross_entropy

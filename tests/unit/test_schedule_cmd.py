@@ -186,7 +186,8 @@ def test_typed_schedule_and_table(tmp_path: Path) -> None:
 
 
 def test_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (the plot extra: installed with kubetrain[all])
+
     out = tmp_path / "lr.png"
     result = _cli("schedule", str(REPO / "manifests" / "examples" / "deepspeed.yaml"), "--steps", "50",
                   "--json", "--png", str(out))

@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         policy=Policy.of(args.allowed_service_account, args.allowed_secret, args.allow_host_path)
         if args.enforce_policy else None,
     )
+    if rt.settings.policy is not None:
+        p = rt.settings.policy
+        logging.getLogger("kubetrain.operator").info(
+            "pass-through policy enforced", extra={"serviceAccounts": sorted(p.service_accounts),
+                                                  "secrets": sorted(p.secrets), "hostPath": p.host_path})
     rt.concurrency = max(1, args.workers)
     rt.kubeconfig = args.kubeconfig
     rt.action_delay = args.test_action_delay
