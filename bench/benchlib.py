@@ -10,6 +10,7 @@ import contextlib
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -155,3 +156,30 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int | None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
     return proc.returncode
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a rendezvous store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(argv: list[str], world: int, device: str = "cpu") -> None:
+    """Start `world` copies of `argv` as the ranks of one torch.distributed group on loopback (the
+    environment torchrun would give them, the repository's packages on PYTHONPATH, one OpenMP
+    thread per rank on CPU, metrics server off) and wait for all; exit naming the codes if any
+    rank failed."""
+    port = str(free_port())
+    paths = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                   KUBETRAIN_METRICS_PORT="0", KUBETRAIN_DEVICE=device, PYTHONPATH=paths)
+        if device == "cpu":
+            env["OMP_NUM_THREADS"] = "1"
+        procs.append(subprocess.Popen(argv, env=env))
+    codes = [pr.wait() for pr in procs]
+    if codes != [0] * world:
+        sys.exit(f"ranks exited with {codes}")

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer_image")]
+
+from benchlib import run_ranks  # noqa: E402
 
 SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZeroBubble")
 
@@ -105,11 +105,6 @@ def rank_side(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,19 +128,7 @@ def main() -> None:
 
     out = f"/tmp/kubetrain-bench-pp-{os.getpid()}.json"
     argv = [sys.executable, __file__, "--rank-side", "--out", out, *sys.argv[1:]]
-    port = str(_free_port())
-    paths = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])
-    procs = []
-    for rank in range(args.pp):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.pp),
-                   LOCAL_WORLD_SIZE=str(args.pp), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   KUBETRAIN_METRICS_PORT="0", KUBETRAIN_DEVICE=args.device, PYTHONPATH=paths)
-        if args.device == "cpu":
-            env["OMP_NUM_THREADS"] = "1"
-        procs.append(subprocess.Popen(argv, env=env))
-    codes = [pr.wait() for pr in procs]
-    if codes != [0] * args.pp:
-        sys.exit(f"ranks exited with {codes}")
+    run_ranks(argv, args.pp, args.device)
     ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(args.pp)]
     for r in range(args.pp):
         Path(f"{out}.{r}").unlink()

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer_image")]
+
+from benchlib import run_ranks  # noqa: E402
 
 
 def _modes(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -84,11 +84,6 @@ def rank_side(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,17 +108,7 @@ def main() -> None:
 
     out = Path(f"/tmp/kubetrain-bench-sync-{os.getpid()}.json")
     argv = [sys.executable, __file__, "--rank-side", "--out", str(out), *sys.argv[1:]]
-    port = str(_free_port())
-    paths = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])
-    procs = []
-    for rank in range(args.world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world),
-                   LOCAL_WORLD_SIZE=str(args.world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1", KUBETRAIN_METRICS_PORT="0", KUBETRAIN_DEVICE="cpu", PYTHONPATH=paths)
-        procs.append(subprocess.Popen(argv, env=env))
-    codes = [pr.wait() for pr in procs]
-    if codes != [0] * args.world:
-        sys.exit(f"ranks exited with {codes}")
+    run_ranks(argv, args.world, "cpu")
     rows = json.loads(out.read_text())
     out.unlink()
     ref = rows[0]

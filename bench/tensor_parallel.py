@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer_image")]
 
-from benchlib import Row, print_table  # noqa: E402
+from benchlib import Row, print_table, run_ranks  # noqa: E402
 
 
 def _spec(args: argparse.Namespace, tp: int) -> dict[str, Any]:
@@ -76,11 +74,6 @@ def rank_side(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,19 +96,7 @@ def main() -> None:
         return
     out = Path(f"/tmp/kubetrain-bench-tp-{os.getpid()}.json")
     argv = [sys.executable, __file__, "--rank-side", "--out", str(out), *sys.argv[1:]]
-    port = str(_free_port())
-    paths = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer_image"), os.environ.get("PYTHONPATH", "")])
-    procs = []
-    for rank in range(args.world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.world),
-                   LOCAL_WORLD_SIZE=str(args.world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   KUBETRAIN_METRICS_PORT="0", KUBETRAIN_DEVICE=args.device, PYTHONPATH=paths)
-        if args.device == "cpu":
-            env["OMP_NUM_THREADS"] = "1"
-        procs.append(subprocess.Popen(argv, env=env))
-    codes = [pr.wait() for pr in procs]
-    if codes != [0] * args.world:
-        sys.exit(f"ranks exited with {codes}")
+    run_ranks(argv, args.world, args.device)
     one, many = json.loads(out.read_text())
     out.unlink()
     rows = [
