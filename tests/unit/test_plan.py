@@ -102,6 +102,7 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
 )
 def test_count_equals_the_trainers_module(sizes: dict[str, Any]) -> None:
     import torch
+
     from kubetrain.api import ModelSpec
     from kubetrain_trainer.models import build_model
 
@@ -174,8 +175,8 @@ def test_activation_formula_against_torch_memtracker(mode: str, checkpointing: b
     micro batch, gradients pre-allocated as DDP/FSDP do) against the formula. "bf16-params" is what
     FSDP2's MixedPrecisionPolicy runs for zero2/zero3; "autocast" is ddp/zero1 in bf16."""
     import torch
-    from torch.distributed._tools import mem_tracker
     from torch.distributed._composable import checkpoint
+    from torch.distributed._tools import mem_tracker
 
     from kubetrain_trainer.models import cross_entropy
     from kubetrain_trainer.models.gpt import GPT, GPTConfig
