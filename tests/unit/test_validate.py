@@ -170,3 +170,29 @@ def test_import_operator_and_kubetrain_from_repo_root() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("storage", "ok"),
+    [
+        ({"claimName": "c"}, True),  # default: the job's own directory
+        ({"claimName": "c", "subPath": "alice"}, True),
+        ({"claimName": "c", "subPath": "alice/run-2"}, True),
+        ({"claimName": "c", "subPath": "bob"}, False),  # another job's directory
+        ({"claimName": "c", "subPath": "alicex"}, False),  # a prefix of the name is not the name
+        ({"claimName": "c", "subPath": "team/alice"}, False),
+        ({"claimName": "c", "subPath": "bob", "shared": False}, False),
+        ({"claimName": "c", "subPath": "bob", "shared": True}, True),  # shared on purpose
+        ({"claimName": "c", "subPath": "team/ckpt", "shared": True}, True),
+    ],
+)
+def test_checkpoint_subpath_stays_in_the_jobs_own_directory(storage: dict[str, Any], ok: bool) -> None:
+    """A job sharing a claim cannot read or plant another job's checkpoints by naming its directory,
+    unless the author asks for it with storage.shared."""
+    problems = validate_object(job({"checkpoint": {"storage": storage}}, name="alice"))
+    if ok:
+        assert problems == []
+    else:
+        assert [p.path for p in problems] == ["spec.checkpoint.storage.subPath"], problems
+        assert "job's name or a directory below it" in problems[0].message
+        assert "shared: true" in problems[0].fix

@@ -574,7 +574,14 @@ class StorageSpec(ApiModel):
     )
     sub_path: str | None = Field(
         default=None, max_length=PATH_MAX, pattern=NO_CONTROL,
-        description="Sub-path inside the volume (relative, no '..'). Default: the job name.",
+        description="Sub-path inside the volume (relative, no '..'): the job's name or a directory below it "
+        "('<name>/...') unless shared is true. Default: the job name.",
+    )
+    shared: bool = Field(
+        default=False,
+        description="Allow subPath to name a directory outside this job's own (another job's checkpoints, a "
+        "team directory). Whoever can write there can plant a checkpoint that this job loads on resume "
+        "(DCP checkpoints are unpickled): share only with writers you trust.",
     )
 
     cel_rules = (
@@ -817,6 +824,22 @@ def job_name_problem(name: Any) -> str | None:
     return None if ok else JOB_NAME_RULE.message
 
 
+SUBPATH_RULE = CelRule(
+    rule="!has(self.metadata.name) || !has(self.spec) || !has(self.spec.checkpoint) || "
+    "!has(self.spec.checkpoint.storage) || !has(self.spec.checkpoint.storage.subPath) || "
+    "(has(self.spec.checkpoint.storage.shared) && self.spec.checkpoint.storage.shared) || "
+    # an absolute path or '..' is StorageSpec's rule's to report (one message per field)
+    "self.spec.checkpoint.storage.subPath.startsWith('/') || "
+    "self.spec.checkpoint.storage.subPath.matches('(^|/)[.][.](/|$)') || "
+    "self.spec.checkpoint.storage.subPath == self.metadata.name || "
+    "self.spec.checkpoint.storage.subPath.startsWith(self.metadata.name + '/')",
+    message="subPath must be the job's name or a directory below it (another job's directory would let one "
+    "job plant checkpoints that the other loads): use '<job name>/...', or set "
+    "spec.checkpoint.storage.shared: true to share on purpose",
+    field_path=".spec.checkpoint.storage.subPath",
+)
+
+
 class TrainingJob(ApiModel):
     api_version: Literal["kubetrain.dev/v1alpha1"] = Field(default="kubetrain.dev/v1alpha1", description="kubetrain.dev/v1alpha1")
     kind: Literal["TrainingJob"] = Field(default="TrainingJob", description="TrainingJob")
@@ -825,7 +848,7 @@ class TrainingJob(ApiModel):
     status: TrainingJobStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
     # on the CRD's root: the API server checks only that a name is a DNS subdomain
-    cel_rules = (JOB_NAME_RULE,)
+    cel_rules = (JOB_NAME_RULE, SUBPATH_RULE)
 
     @field_validator("metadata")
     @classmethod

@@ -81,6 +81,10 @@ CASES: dict[str, tuple[bytes, str, str, str]] = {
                               "768 (the preset's dModel) is not divisible by 5"),
     "subpath-dotdot.yaml": (job("  checkpoint: {storage: {claimName: c, subPath: ../x}}\n").encode(), "reject",
                             "reject", "pods refuse a subPath with '..'"),
+    "subpath-other-job.yaml": (job("  checkpoint: {storage: {claimName: c, subPath: other-job}}\n").encode(),
+                               "reject", "reject", "another job's directory needs storage.shared: true"),
+    "subpath-shared.yaml": (job("  checkpoint: {storage: {claimName: c, subPath: team/ckpt, shared: true}}\n").encode(),
+                            "accept", "accept", "sharing a directory is allowed when asked for by name"),
     "deepspeed-too-many-keys.yaml": (
         job("  deepspeed: {" + ", ".join(f"k{i}: {i}" for i in range(129)) + "}\n").encode(), "reject", "reject",
         "more than 128 top-level keys in spec.deepspeed"),
