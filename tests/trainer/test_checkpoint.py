@@ -261,6 +261,60 @@ def test_init_from_and_safetensors_export(tmp_path: Path) -> None:
     assert math.isfinite(metrics(full)[-1]["loss"])
 
 
+def test_init_from_a_safetensors_file(tmp_path: Path) -> None:
+    """checkpoint.initFrom naming a .safetensors file (what `kubetrain export` writes): the weights
+    are read without pickle and sliced into this job's shards (2 ranks, zero3), so the first loss is
+    the loss of those weights; an int8 export loads dequantized; a file made for another model is one
+    line naming the tensor (exit 65), a missing file one line naming the path (exit 64)."""
+    from safetensors.torch import load_file, save_file
+
+    from kubetrain_trainer.export import dequantize, export
+
+    src = tmp_path / "src"
+    train_here(write_job(tmp_path / "src.json", _spec("ddp", 2, gbs=4, interval=2)), src)
+    config = export(src / "checkpoints" / "step-00000002", tmp_path / "fp32")
+    export(src / "checkpoints" / "step-00000002", tmp_path / "int8", dtype="int8")
+    model_cfg = config["model"]
+
+    def first_loss_from(file: Path, name: str) -> float:
+        init = {"initFrom": {"path": str(file)}}
+        run = tmp_path / name
+        run_trainer(write_job(tmp_path / f"{name}.json", _spec("zero3", 1, gbs=4, checkpoint=init)), 2, run)
+        (first,) = metrics(run)
+        assert first["step"] == 1
+        return float(first["loss"])
+
+    from kubetrain_trainer.data import SyntheticCorpus
+    from kubetrain_trainer.models.gpt import GPT, GPTConfig
+
+    def loss_of(weights: dict[str, torch.Tensor]) -> float:
+        model = GPT(GPTConfig(**{k: model_cfg[k] for k in ("n_layers", "n_heads", "d_model", "vocab_size", "seq_len")}))
+        model.load_state_dict(weights)
+        batch = torch.from_numpy(SyntheticCorpus(256, 32, 1234).get(range(4)))
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()))
+
+    fp32 = load_file(tmp_path / "fp32" / "model.safetensors")
+    assert first_loss_from(tmp_path / "fp32" / "model.safetensors", "dst") == pytest.approx(loss_of(fp32), rel=1e-5)
+    int8 = dequantize(load_file(tmp_path / "int8" / "model.safetensors"))
+    assert first_loss_from(tmp_path / "int8" / "model.safetensors", "dst8") == pytest.approx(loss_of(int8), rel=1e-5)
+
+    wrong = dict(fp32, **{"blocks.0.mlp.fc.weight": torch.zeros(3, 5)})
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    for file, code, needle in [
+        (tmp_path / "wrong.safetensors", 65, "tensor blocks.0.mlp.fc.weight has shape [3, 5] in the file but"),
+        (tmp_path / "missing.safetensors", 64, f"checkpoint.initFrom.path {tmp_path / 'missing.safetensors'}: "
+                                               "no such file"),
+    ]:
+        init = {"initFrom": {"path": str(file)}}
+        run = tmp_path / f"bad-{file.stem}"
+        codes, logs = run_trainer(write_job(tmp_path / f"{file.stem}.json", _spec("ddp", 1, gbs=4, checkpoint=init)),
+                                  1, run, expect_ok=False)
+        assert codes == [code], logs
+        assert needle in logs[0] and "Traceback" not in logs[0], logs[0]
+        assert not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("step-*"))
+
+
 def test_diloco_resume_is_exact_between_syncs(tmp_path: Path) -> None:
     """localSGD/DiLoCo keep per-rank optimizer state (and per-rank parameters between syncs): each
     rank's is checkpointed, so a resume from a step between two syncs is exact too."""

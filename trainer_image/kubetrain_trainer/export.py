@@ -30,9 +30,10 @@ from typing import Any
 import torch
 
 from . import checkpoint as ck
+from .quantize import SCALE_SUFFIX, dequantize, quantize_int8
 
 DTYPES = ("fp32", "bf16", "int8")
-SCALE_SUFFIX = "_scale"
+__all__ = ["DTYPES", "SCALE_SUFFIX", "convert", "dequantize", "export", "load_model_weights", "quantize_int8"]
 
 
 def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -46,28 +47,6 @@ def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
         sd = _load_state_dict_from_keys(keys, checkpoint_id=str(path))
     model = sd.get("model", {})
     return {k: v.detach().contiguous() for k, v in model.items() if isinstance(v, torch.Tensor)}
-
-
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: (q int8 like w, scale float32 [rows])."""
-    rows = w.float().reshape(w.shape[0], -1)
-    scale = (rows.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.reshape(w.shape).contiguous(), scale.contiguous()
-
-
-def dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An int8 export back to float32 weights (keys without the ``_scale`` entries)."""
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in tensors:
-            continue
-        scale = tensors.get(name + SCALE_SUFFIX)
-        if scale is not None and t.dtype == torch.int8:
-            out[name] = t.float() * scale.reshape(-1, *([1] * (t.dim() - 1)))
-        else:
-            out[name] = t.float()
-    return out
 
 
 def convert(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:

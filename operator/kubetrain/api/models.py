@@ -596,10 +596,21 @@ class StorageSpec(ApiModel):
 class InitFromSpec(ApiModel):
     path: str = Field(
         min_length=1, max_length=PATH_MAX, pattern=NO_CONTROL,
-        description="Checkpoint directory (or run directory) to start from.",
+        description="Checkpoint directory (or run directory) to start from, or a .safetensors file of model "
+        "weights (as `kubetrain export` writes; read without pickle). A DCP checkpoint's metadata is "
+        "unpickled: start only from checkpoints whose writers you trust.",
     )
     mode: Literal["weights", "full"] = Field(
         default="weights", description="weights: model weights only; full: also optimizer, schedule and step."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.mode) || self.mode != 'full' || !self.path.endsWith('.safetensors')",
+            message="a .safetensors file holds model weights only: set mode: weights, or point path at a "
+            "checkpoint directory for mode: full",
+            field_path=".mode",
+        ),
     )
 
 

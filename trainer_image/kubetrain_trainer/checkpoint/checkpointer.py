@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EXIT_RETRYABLE, ModelError, SpecError
 from ..protocol import write_failure
 from . import restore as restore_mod
+from . import safetensors_init
 from .comm import Comm
 from .failures import PASS_THROUGH, NonFiniteStateError, NoValidCheckpointError, classify, storage_errno
 from .layout import META_FILE, dir_bytes, install, prune, read_meta, step_dir_name, write_atomic
@@ -106,6 +107,9 @@ class Checkpointer:
             return choice.path
         if not self.cfg.init_from:
             return None
+        if safetensors_init.is_safetensors(self.cfg.init_from.path):  # weights only, no pickle
+            self.restored_from = safetensors_init.load_weights(self.trainer, self.comm, self.cfg.init_from.path)
+            return self.restored_from
         path = self._init_from_path(self.cfg.init_from.path)
         self._load(path, full=self.cfg.init_from.mode == "full")
         self.restored_from = path
