@@ -270,6 +270,10 @@ def test_apply_creates_workers_with_env_and_settings(cluster: Cluster, namespace
     assert env["PET_RDZV_ENDPOINT"] == "settings-worker-0.settings:29400"
     assert env["NCCL_DEBUG"] == "INFO" and env["KUBETRAIN_SPEC_FILE"] == "/etc/kubetrain/trainingjob.json"
     assert {v["name"] for v in spec["volumes"]} >= {"spec", "checkpoints", "dshm"}
+    # ... on a read-only root filesystem, writing only to its volumes (scratch: the /tmp emptyDir)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"] and env["TMPDIR"] == "/tmp"
     assert spec["hostname"] == "settings-worker-1" and spec["subdomain"] == "settings"
 
     svc = cluster.kubectl_json("get", "svc", "settings", "-n", namespace)

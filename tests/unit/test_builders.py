@@ -343,3 +343,37 @@ def test_node_loss_is_tolerated_briefly_unless_the_user_says_otherwise() -> None
             "tolerationSeconds": 600}
     ps = pod(spec(replicas=1, tolerations=[mine]))["spec"]
     assert [t for t in ps["tolerations"] if t["key"] == "node.kubernetes.io/unreachable"] == [mine]
+
+
+def test_read_only_root_filesystem_with_a_scratch_emptydir() -> None:
+    """By default the trainer's root filesystem is read-only: it writes only to its volumes, and the
+    scratch and cache directories point into the /tmp emptyDir."""
+    p = pod()
+    assert container(p)["securityContext"]["readOnlyRootFilesystem"] is True
+    vols = {v["name"]: v for v in p["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container(p)["volumeMounts"]}
+    assert vols["tmp"] == {"name": "tmp", "emptyDir": {}}
+    assert mounts["/tmp"] == {"name": "tmp", "mountPath": "/tmp"}
+    e = env(p)
+    assert e["TMPDIR"] == "/tmp"
+    for name in ("XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert e[name].startswith("/tmp/"), (name, e[name])
+
+
+def test_read_only_root_respects_the_users_tmp_and_cache_settings() -> None:
+    s = spec(replicas=1, env=[{"name": "TRITON_CACHE_DIR", "value": "/cache/triton"}],
+             volumes=[{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+             volumeMounts=[{"name": "scratch", "mountPath": "/tmp/"}])
+    p = pod(s)
+    mounts = [m for m in container(p)["volumeMounts"] if m["mountPath"].rstrip("/") == "/tmp"]
+    assert mounts == [{"name": "scratch", "mountPath": "/tmp/"}]  # theirs, not a second one
+    assert "tmp" not in {v["name"] for v in p["spec"]["volumes"]}
+    names = [x["name"] for x in container(p)["env"]]
+    assert names.count("TRITON_CACHE_DIR") == 1 and env(p)["TRITON_CACHE_DIR"] == "/cache/triton"
+
+
+def test_read_only_root_can_be_turned_off_for_a_custom_image() -> None:
+    p = pod(spec(replicas=1, readOnlyRootFilesystem=False))
+    assert container(p)["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "tmp" not in {v["name"] for v in p["spec"]["volumes"]}
+    assert not {"TMPDIR", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"} & env(p).keys()

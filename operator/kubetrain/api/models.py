@@ -136,6 +136,12 @@ class WorkersSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy of the worker container. Default: Kubernetes' default."
     )
+    read_only_root_filesystem: bool = Field(
+        default=True,
+        description="Run the trainer container with a read-only root filesystem; /tmp is an emptyDir (TMPDIR, "
+        "and XDG_CACHE_HOME, TRITON_CACHE_DIR and TORCHINDUCTOR_CACHE_DIR below it unless set in env). Set "
+        "false only for a custom image that must write elsewhere.",
+    )
     resources: ResourceRequirements | None = Field(
         default=None, description="Container resources of each worker. Default: only the GPU limit."
     )

@@ -25,6 +25,15 @@ SPEC_DIR = "/etc/kubetrain"
 SPEC_KEY = "trainingjob.json"
 SPEC_FILE = f"{SPEC_DIR}/{SPEC_KEY}"
 SHM_PATH = "/dev/shm"
+# With a read-only root filesystem the trainer writes only to its volumes: the checkpoint volume,
+# /dev/shm and this emptyDir, where the caches of Python, Triton and Inductor go too.
+TMP_PATH = "/tmp"
+SCRATCH_ENV = {
+    "TMPDIR": TMP_PATH,
+    "XDG_CACHE_HOME": f"{TMP_PATH}/.cache",
+    "TRITON_CACHE_DIR": f"{TMP_PATH}/.triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{TMP_PATH}/torchinductor",
+}
 # The trainer image's user (trainer_image/Dockerfile): numeric, so runAsNonRoot can be checked.
 TRAINER_UID = 1000
 # SIGTERM → the trainer's preemption checkpoint (saveTimeoutSeconds) → exit; this is the slack
@@ -253,7 +262,11 @@ def _env(job: JobRef, spec: api.TrainingJobSpec, index: int, generation: int) ->
     # Ours win over a user variable of the same name: the rendezvous must agree across the gang.
     taken = {e["name"] for e in ours}
     theirs = [e for e in (w.env or []) if e.get("name") not in taken]
-    return theirs + ours
+    # Where scratch files go: the user's own setting, if any, wins.
+    given = {e.get("name") for e in theirs}
+    scratch = [{"name": name, "value": value} for name, value in SCRATCH_ENV.items()
+               if w.read_only_root_filesystem and name not in given]
+    return theirs + scratch + ours
 
 
 def _resources(spec: api.TrainingJobSpec) -> dict[str, Any]:
@@ -295,6 +308,10 @@ def _volumes(job: JobRef, spec: api.TrainingJobSpec) -> tuple[list[dict[str, Any
         {"name": "dshm", "mountPath": SHM_PATH},
         *(spec.workers.volume_mounts or []),
     ]
+    if spec.workers.read_only_root_filesystem and not any(
+            m.get("mountPath", "").rstrip("/") == TMP_PATH for m in spec.workers.volume_mounts or []):
+        volumes.append({"name": "tmp", "emptyDir": {}})
+        mounts.append({"name": "tmp", "mountPath": TMP_PATH})
     return volumes, mounts
 
 
@@ -335,6 +352,7 @@ def build_pod(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": w.read_only_root_filesystem,
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
