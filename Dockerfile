@@ -18,11 +18,13 @@ COPY images/build-tools.lock images/operator.lock /tmp/locks/
 RUN --mount=type=cache,id=kubetrain-wheels,target=/var/cache/kubetrain-wheels \
     W=/var/cache/kubetrain-wheels \
     && python3 -m venv /opt/tools \
-    && /opt/tools/bin/pip download --quiet --no-deps --only-binary=:all: --dest "$W" \
+    && /opt/tools/bin/pip download --quiet --no-deps --require-hashes --only-binary=:all: --dest "$W" \
        -r /tmp/locks/build-tools.lock -r /tmp/locks/operator.lock \
-    && /opt/tools/bin/pip install --quiet --no-index --find-links "$W" --no-deps -r /tmp/locks/build-tools.lock \
+    && /opt/tools/bin/pip install --quiet --no-index --find-links "$W" --no-deps --require-hashes -r /tmp/locks/build-tools.lock \
+    && mkdir -p /opt/sbom && PYTHONWARNINGS=ignore::UserWarning /opt/tools/bin/cyclonedx-py requirements --output-reproducible --of JSON \
+       -o /opt/sbom/sbom.cdx.json /tmp/locks/operator.lock \
     && python3 -m venv --without-pip /opt/venv \
-    && /opt/tools/bin/pip --python /opt/venv/bin/python install --quiet --no-index --find-links "$W" --no-deps \
+    && /opt/tools/bin/pip --python /opt/venv/bin/python install --quiet --no-index --find-links "$W" --no-deps --require-hashes \
        -r /tmp/locks/operator.lock \
     && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio
 
@@ -44,6 +46,8 @@ RUN /opt/tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/whe
 
 FROM ${BASE_IMAGE}
 COPY --from=deps /opt/venv /opt/venv
+# The SBOM (CycloneDX JSON) of the Python distributions installed above, made from the lock by the build.
+COPY --from=deps /opt/sbom/sbom.cdx.json /usr/share/doc/kubetrain/sbom.cdx.json
 COPY --from=app /app/ /
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532
@@ -56,6 +60,7 @@ LABEL org.opencontainers.image.title="kubetrain-operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/kubetrain/kubetrain" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.kubetrain.sbom="/usr/share/doc/kubetrain/sbom.cdx.json"
 ENTRYPOINT ["kubetrain"]
 CMD ["operator", "--all-namespaces"]

@@ -6,7 +6,8 @@
 #   bash images/build.sh [--only operator|trainer] [--force]
 #                        [--export DIR [--format docker|oci]] [--import-containerd]
 #
-# --export DIR          also write each image to DIR/<name>-<version>.<format>.tar
+# --export DIR          also write each image to DIR/<name>-<version>.<format>.tar (and its SBOM,
+#                       DIR/<name>-<version>.cdx.json)
 # --import-containerd   import them into containerd's k8s.io namespace (ctr; the socket is
 #                       $CONTAINERD_ADDRESS, default /run/containerd/containerd.sock)
 # --force               rebuild even when the inputs did not change
@@ -15,6 +16,11 @@
 # image, the version) did not change since it was built is not built again (a few seconds);
 # within a build, buildah's layer cache keeps the dependency layer until the lock changes.
 # Wheels are kept in $KUBETRAIN_CACHE/wheels, the Debian base in $KUBETRAIN_CACHE/images.
+# Supply chain: pip installs the locks in hash-checking mode (every wheel's sha256 is in the lock);
+# each build writes a CycloneDX SBOM of its Python distributions from its lock into the image
+# (/usr/share/doc/kubetrain/sbom.cdx.json, label dev.kubetrain.sbom), copied out to
+# $KUBETRAIN_CACHE/images/<name>-<version>.cdx.json; the base is recorded by name and digest in the
+# labels org.opencontainers.image.base.name/.digest.
 # BASE_IMAGE=<image> skips the Debian base (e.g. python:3.11-slim where it can be pulled).
 # Behind a TLS-intercepting proxy the host's CA bundle ($CA_BUNDLE, default the system bundle) is
 # mounted into the build steps and named in PIP_CERT; it is never copied into an image.
@@ -101,6 +107,7 @@ else
   base=$(flock "$CACHE/images/base.lock" bash images/base.sh)
 fi
 base_id=$(image_id "$base")
+base_digest=$(buildah inspect --type image --format '{{.FromImageDigest}}' "$base")
 
 build_args=(--build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$VERSION")
 mounts=()
@@ -133,12 +140,23 @@ build_locked() {
   start=$SECONDS
   buildah bud --layers --force-rm --isolation chroot --network host --format oci \
     "${build_args[@]}" --build-arg "REVISION=$(revision "$name")" "${mounts[@]}" \
-    --label "$INPUTS_LABEL=$digest" -f "$(dockerfile_of "$name")" -t "$ref" .
+    --label "$INPUTS_LABEL=$digest" --label "org.opencontainers.image.base.name=$base" \
+    --label "org.opencontainers.image.base.digest=$base_digest" -f "$(dockerfile_of "$name")" -t "$ref" .
   new_id=$(image_id "$ref")
   # The image this one replaces: only its own (small) layers go; the shared ones stay.
   if [[ -n $old_id && $old_id != "$new_id" ]]; then buildah rmi "$old_id" >/dev/null 2>&1 || true; fi
   log "$ref: built in $((SECONDS - start)) s"
   echo "$(date -u +%FT%TZ) $name $VERSION $((SECONDS - start))s inputs=$digest" >>"$CACHE/images/build-times.log"
+}
+
+# The image's SBOM (written by its build from the lock) copied out of the image to $2.
+sbom_out() {
+  local name=$1 dest=$2 ctr mnt
+  ctr=$(buildah from --pull-never --quiet "$REGISTRY/$name:$VERSION")
+  mnt=$(buildah mount "$ctr")
+  install -m 0644 "$mnt/usr/share/doc/kubetrain/sbom.cdx.json" "$dest"
+  buildah umount "$ctr" >/dev/null
+  buildah rm "$ctr" >/dev/null
 }
 
 export_one() {
@@ -151,10 +169,18 @@ export_one() {
 }
 
 mkdir -p "$CACHE/images"
-for name in "${only[@]}"; do build_one "$name"; done
+for name in "${only[@]}"; do
+  build_one "$name"
+  sbom_out "$name" "$CACHE/images/$name-$VERSION.cdx.json"
+  log "SBOM (CycloneDX): $CACHE/images/$name-$VERSION.cdx.json"
+done
 
 if [[ -n $export_dir ]]; then
-  for name in "${only[@]}"; do log "wrote $(export_one "$name" "$export_dir")"; done
+  for name in "${only[@]}"; do
+    log "wrote $(export_one "$name" "$export_dir")"
+    cp "$CACHE/images/$name-$VERSION.cdx.json" "$export_dir/"
+    log "wrote $export_dir/$name-$VERSION.cdx.json"
+  done
 fi
 if ((import_containerd)); then
   command -v ctr >/dev/null || die "--import-containerd needs ctr: apt-get install containerd"

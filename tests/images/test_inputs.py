@@ -20,13 +20,43 @@ from tests.images.conftest import REGISTRY, REPO, VERSION
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def lock(name: str) -> dict[str, str]:
-    pins: dict[str, str] = {}
-    for line in (REPO / "images" / f"{name}.lock").read_text().splitlines():
+def lock_hashes(name: str) -> dict[str, tuple[str, list[str]]]:
+    """dist -> (version, sha256 hashes) of images/<name>.lock (pip's requirement-file syntax:
+    a pin, then its `--hash` options on continuation lines)."""
+    text = (REPO / "images" / f"{name}.lock").read_text().replace("\\\n", " ")
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
         if line and not line.startswith("#"):
-            dist, _, version = line.partition("==")
-            pins[dist.lower().replace("_", "-").replace(".", "-")] = version
+            pin, *options = line.split()
+            dist, _, version = pin.partition("==")
+            hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:")]
+            assert len(hashes) == len(options), f"images/{name}.lock: unexpected options in {line!r}"
+            pins[dist.lower().replace("_", "-").replace(".", "-")] = (version, hashes)
     return pins
+
+
+def lock(name: str) -> dict[str, str]:
+    return {dist: version for dist, (version, _) in lock_hashes(name).items()}
+
+
+@pytest.mark.parametrize("name", ["operator", "trainer", "build-tools"])
+def test_every_pin_carries_its_wheel_hashes(name: str) -> None:
+    """pip's hash-checking mode needs a hash for every requirement; a sha256 is 64 hex digits."""
+    pins = lock_hashes(name)
+    assert pins, f"images/{name}.lock is empty"
+    for dist, (version, hashes) in pins.items():
+        assert version and hashes, f"images/{name}.lock: {dist} has no --hash; fix: python images/lock.py --hashes-only"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), (dist, hashes)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "trainer_image/Dockerfile"])
+def test_image_builds_install_only_hashed_files(dockerfile: str) -> None:
+    """Every pip command that fetches or installs a lock runs in hash-checking mode."""
+    text = (REPO / dockerfile).read_text().replace("\\\n", " ")
+    commands = [c for c in re.split(r"&&|\n", text) if re.search(r"pip (download|install|--python \S+ install)", c)
+                and ".lock" in c]
+    assert len(commands) == 3, commands  # download, the tools' install, the venv's install
+    assert all("--require-hashes" in c for c in commands), commands
 
 
 @pytest.mark.parametrize("extra", ["operator", "trainer"])
