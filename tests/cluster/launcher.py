@@ -39,6 +39,10 @@ KWOK_DEFAULT_CIDR = "127.1.255.0/24"  # pods on a node without podCIDR; loopback
 NATIVE_GANG_GATES = "GenericWorkload=true,GangScheduling=true"
 NATIVE_GANG_RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
 START_TIMEOUT = float(os.environ.get("KUBETRAIN_CLUSTER_START_TIMEOUT", "120"))
+# The operator's ServiceAccount (manifests/rbac.yaml): the one identity the audit log records,
+# into AUDIT_LOG beside the kubeconfig.
+OPERATOR_USER = "system:serviceaccount:kubetrain-system:kubetrain-operator"
+AUDIT_LOG = "audit.log"
 
 
 class StartupError(RuntimeError):
@@ -181,6 +185,13 @@ class ControlPlane:
 
         api_port = free_port()
         server = f"https://127.0.0.1:{api_port}"
+        # Every request of the operator's ServiceAccount (and nobody else's) at Metadata level:
+        # tests/cluster/test_rbac_audit.py derives the RBAC the code needs from it.
+        audit_policy = d / "audit-policy.yaml"
+        audit_policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
+        }))
         self._spawn("kube-apiserver", [
             str(b.kube_apiserver),
             f"--etcd-servers={etcd_url}",
@@ -205,6 +216,8 @@ class ControlPlane:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={certs.clients['front-proxy-client'].cert}",
             f"--proxy-client-key-file={certs.clients['front-proxy-client'].key}",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={d / AUDIT_LOG}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
             *self.extra_apiserver_args,
         ])
         self._ssl = ssl.create_default_context(cafile=str(certs.ca.cert))

@@ -674,8 +674,16 @@ def test_kubernetes_native_gang(cluster: Cluster, namespace: str, operator: Oper
     if served:
         group = cluster.kubectl_json("get", "podgroups.scheduling.k8s.io", "native", "-n", namespace)
         assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": replicas}}
-        time.sleep(3)  # all or nothing: not one of them is bound while the gang cannot fit
-        assert not [p for p in pods(cluster, namespace, "native") if p["spec"].get("nodeName")]
+        # All or nothing: the scheduler looks at every pod of the gang and refuses each one
+        # (PodScheduled=False) while the gang cannot fit; not one of them is bound meanwhile.
+        def refused() -> list[dict[str, Any]] | bool:
+            ps = pods(cluster, namespace, "native")
+            return len(ps) == replicas and all(
+                any(c.get("type") == "PodScheduled" and c.get("status") == "False"
+                    for c in (p.get("status") or {}).get("conditions") or []) for p in ps) and ps
+
+        ps = wait_for(refused, 30, "the scheduler's verdict (PodScheduled=False) on every pod of the gang")
+        assert not [p["metadata"]["name"] for p in ps if p["spec"].get("nodeName")]
         # ...and a gang that fits is placed whole by the same scheduler.
         cluster.kubectl("delete", "tj/native", "-n", namespace, "--wait=false")
         apply(cluster, namespace, tj("fits", workers={"replicas": 2, "gpusPerWorker": 8},

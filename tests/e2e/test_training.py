@@ -146,7 +146,9 @@ def test_invalid_entrypoint_fails_the_job_without_retries(cluster: Cluster, name
     first = workers[codes.index(65)]
     record = json.loads(Path(first.termination_path).read_text())
     assert record["reason"] == "ModelError" and "no_such_module" in record["message"], record
-    time.sleep(3)  # a retry would show up as a pod of generation 1 within the (1 s) backoff
+    # Failed is terminal and was written instead of a retry: the operator never moved to a new restart
+    # generation (the status it wrote with Failed says so) and no pod of another generation exists.
+    assert s.get("restartGeneration", 0) == 0, s.get("restartGeneration")
     generations = {p["metadata"]["labels"]["kubetrain.dev/restart-generation"]
                    for p in pods(cluster, namespace, "badentry")}
     assert generations <= {"0"}, generations

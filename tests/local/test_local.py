@@ -74,9 +74,10 @@ def test_ctrl_c_checkpoints_and_rerun_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = local(str(job), "--run-dir", str(run_dir), start_new_session=True)
     deadline = time.monotonic() + 200
-    while time.monotonic() < deadline:
-        if (run_dir / "metrics.jsonl").exists() and len(steps_in(run_dir)) >= 3:
-            break
+    while not ((run_dir / "metrics.jsonl").exists() and len(steps_in(run_dir)) >= 3):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no 3 steps within 200 s (exit {proc.poll()}): {proc.communicate()[1][-3000:]}")
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out, err = proc.communicate(timeout=200)
@@ -94,20 +95,34 @@ def test_ctrl_c_checkpoints_and_rerun_resumes(tmp_path: Path) -> None:
     assert steps[-3:] == [stopped_at + 1, stopped_at + 2, stopped_at + 3], steps
 
 
-def test_prepare_data_then_train_on_shards(tmp_path: Path) -> None:
-    text = tmp_path / "corpus.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    shards = tmp_path / "shards"
-    done = subprocess.run([sys.executable, "-m", "kubetrain", "prepare-data", str(text), "--out", str(shards)],
+def _train_on(tmp_path: Path, text: str, name: str, steps: int) -> list[dict[str, object]]:
+    """prepare-data of ``text``, then `kubetrain local` on the shards; the run's step records."""
+    corpus = tmp_path / f"{name}.txt"
+    corpus.write_text(text)
+    shards = tmp_path / f"shards-{name}"
+    done = subprocess.run([sys.executable, "-m", "kubetrain", "prepare-data", str(corpus), "--out", str(shards)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     meta = json.loads((shards / "metadata.json").read_text())
-    assert meta["num_tokens"] == len(text.read_bytes())
-    job = write_job(tmp_path, 3)
+    assert meta["num_tokens"] == len(corpus.read_bytes())
+    job = write_job(tmp_path, steps, name=name)
     spec = yaml.safe_load(job.read_text())
     spec["spec"]["data"] = {"type": "tokens", "path": str(shards)}
     job.write_text(yaml.safe_dump(spec))
-    proc = local(str(job), "--run-dir", str(tmp_path / "run"))
+    run_dir = tmp_path / f"run-{name}"
+    proc = local(str(job), "--run-dir", str(run_dir))
     _out, err = proc.communicate(timeout=280)
     assert proc.returncode == 0, err
-    assert steps_in(tmp_path / "run") == [1, 2, 3]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"loss"' in line]
+
+
+def test_prepare_data_then_train_on_shards(tmp_path: Path) -> None:
+    """The shards are what the model reads: the same job (same seed, same initial weights) on two
+    corpora starts from different losses, and a corpus of one repeated byte is learnt at once."""
+    fox = _train_on(tmp_path, "the quick brown fox jumps over the lazy dog. " * 200, "fox", 3)
+    assert [r["step"] for r in fox] == [1, 2, 3]
+    same = _train_on(tmp_path, "a" * 9000, "same", 3)
+    assert fox[0]["loss"] != same[0]["loss"], "the first loss does not depend on the corpus: shards not read"
+    # One token only: the (tiny) model predicts it almost surely within 3 steps; the sentence cannot.
+    assert float(same[-1]["loss"]) < float(same[0]["loss"]) - 0.5 and float(same[-1]["loss"]) < float(fox[-1]["loss"])

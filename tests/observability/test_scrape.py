@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "kubetrain.json"
 DOC = REPO / "docs" / "observability.md"
-JOB, STEPS, INTERVAL, WORKERS = "llm", 30, 10, 2
+JOB, STEPS, INTERVAL, WORKERS = "llm", 20, 10, 2
 
 
 def job_manifest(namespace: str) -> dict[str, Any]:
@@ -121,9 +121,9 @@ def test_prometheus_scrapes_a_local_run_and_the_operator(cluster: Cluster, names
     rules.write_text(yaml.safe_dump(rule_groups(docs(helm_template(helm, *ALL_ON).stdout))))
 
     run_dir = tmp_path / "run"
-    # declared peak: MFU is defined on CPU; steps paced (test-only fault knob) so that the run lasts
-    # >= 15 s of 1 s scrapes even when Prometheus starts late on a loaded machine
-    env = {**os.environ, "KUBETRAIN_PEAK_FLOPS": "1e11", "KUBETRAIN_FAULT_STEP_SLEEP_SECONDS": "0.5"}
+    # declared peak: MFU is defined on CPU; steps paced (test-only fault knob) so that every step's
+    # values stay up longer than the 1 s scrape interval: the last step's too, before the run ends
+    env = {**os.environ, "KUBETRAIN_PEAK_FLOPS": "1e11", "KUBETRAIN_FAULT_STEP_SLEEP_SECONDS": "1.5"}
     local = subprocess.Popen([sys.executable, "-m", "kubetrain", "local", str(spec_file), "--workers", str(WORKERS),
                               "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env, cwd=REPO, start_new_session=True)

