@@ -39,7 +39,7 @@ class Pki:
     clients: dict[str, KeyPair]
 
 
-def _issue(
+def issue(
     d: Path, name: str, subject: str, ca: KeyPair, usage: str, sans: list[str] | None = None
 ) -> KeyPair:
     key, csr, crt, ext = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt", d / f"{name}.ext"
@@ -89,8 +89,8 @@ def generate(d: Path, *, service_ip: str) -> Pki:
         "IP:127.0.0.1", f"IP:{service_ip}", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
         "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
     ]
-    apiserver = _issue(d, "apiserver", "/CN=kube-apiserver", ca, "serverAuth", sans)
-    clients = {name: _issue(d, name, subj, ca, "clientAuth") for name, subj in CLIENTS.items()}
+    apiserver = issue(d, "apiserver", "/CN=kube-apiserver", ca, "serverAuth", sans)
+    clients = {name: issue(d, name, subj, ca, "clientAuth") for name, subj in CLIENTS.items()}
     sa_key, sa_pub = d / "sa.key", d / "sa.pub"
     _ec_key(sa_key)
     _openssl("pkey", "-in", sa_key, "-pubout", "-out", sa_pub, cwd=d)

@@ -48,7 +48,8 @@ Grant = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 
 # Grants this tier cannot exercise, each with the code that uses it (grep for it).
 ALLOWED_UNUSED: dict[Grant, str] = {
-    # Kueue (controller/kueue.py): needs the Kueue manager, which this tier does not run.
+    # Kueue (controller/kueue.py): needs Kueue's manager, which this lifecycle does not run;
+    # test_kueue.py's preemption test proves from the same audit log that each is used.
     ("kueue.x-k8s.io", "workloads", "list"): "controller/informer.py: the Workload cache (Kueue jobs only)",
     ("kueue.x-k8s.io", "workloads", "watch"): "controller/informer.py: the Workload cache (Kueue jobs only)",
     ("kueue.x-k8s.io", "workloads", "create"): "controller/kueue.py: a queued job's Workload",

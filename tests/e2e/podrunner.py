@@ -350,6 +350,12 @@ class PodRunner:
             found = [p for p in self.processes.values() if p.name == pod_name]
         return found[-1] if found else None
 
+    def incarnations(self, pod_name: str) -> list[PodProcess]:
+        """Every process started for pods of this name (a pod deleted and created again under
+        the same name is a second one), oldest first."""
+        with self.lock:
+            return [p for p in self.processes.values() if p.name == pod_name]
+
     def wait_started(self, pod_name: str, timeout: float = 60) -> PodProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import cast
 
 import pytest
 
 from kubetrain.controller.events import EventRecorder, Pending
-from kubetrain.controller.informer import slim
-from kubetrain.controller.kubeio import ApiError
+from kubetrain.controller.informer import Informer, slim
+from kubetrain.controller.kubeio import ApiError, Kube
 from kubetrain.controller.leader import LeaderElector
 from kubetrain.controller.memory import IdleTrimmer, release
 from kubetrain.controller.observed import pod_view
@@ -142,3 +143,22 @@ def test_informer_keeps_only_what_the_reconciler_reads() -> None:
     assert pod_view(small) == pod_view(pod)  # the reconciler sees the same pod
     cm = {"kind": "ConfigMap", "metadata": {"name": "c", "annotations": {"h": "1"}}, "data": {"spec": "x" * 10000}}
     assert slim(cm) == {"apiVersion": None, "kind": "ConfigMap", "metadata": {"name": "c", "annotations": {"h": "1"}}}
+
+
+def test_a_delete_answer_after_the_watchs_deleted_event_does_not_resurrect_the_pod() -> None:
+    """Found with the real Kueue: KWOK deletes a pod at once, the watch's DELETED event came before
+    the DELETE's own answer (the pod, Terminating), and the cache kept that pod for good."""
+    informer = Informer(cast(Kube, None), "/api/v1/namespaces/ns/pods", "job", lambda *_: None, "job")
+    pod = {"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"},
+           "metadata": {"name": "w-0", "namespace": "ns", "uid": "u1", "resourceVersion": "10",
+                        "labels": {"job": "j"}}}
+    informer.observe(pod)  # the create's answer
+    assert [p["metadata"]["name"] for p in informer.get("ns", "j")] == ["w-0"]
+    terminating = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "11",
+                                       "deletionTimestamp": "2026-12-04T00:00:00Z"}}
+    informer._drop({**terminating, "metadata": {**terminating["metadata"], "resourceVersion": "12"}})  # the watch
+    informer.observe(terminating)  # the DELETE's answer, late
+    assert informer.get("ns", "j") == []
+    # a new pod of the same name (another uid) is taken
+    informer.observe({**pod, "metadata": {**pod["metadata"], "uid": "u2", "resourceVersion": "13"}})
+    assert [p["metadata"]["uid"] for p in informer.get("ns", "j")] == ["u2"]

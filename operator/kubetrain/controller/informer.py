@@ -14,6 +14,12 @@ Bounded and lean: the store holds the live objects of the selector and nothing e
 event drops the object), each cut down by `slim` to what the reconciler reads (no managedFields;
 a ConfigMap without its data, a pod's spec reduced to its node and container ports), like
 client-go's cache transforms.
+
+Deletions win over our own writes' answers: a DELETE's response (the object, Terminating) can
+come back after the watch already delivered its DELETED event (a pod deleted with grace 0 goes at
+once), so the uids the watch saw deleted are remembered (the last TOMBSTONES of them) and
+`observe` never puts such an object back: a stale Terminating pod would otherwise stay in the
+cache forever, and a job would wait for a worker that is long gone.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubetrain.controller.kubeio import ApiError, Kube
 
 log = logging.getLogger("kubetrain.operator.informer")
+TOMBSTONES = 4096  # uids of deleted objects remembered (a few hundred bytes each at most)
 WATCH_SECONDS = 300
 
 
@@ -49,6 +57,7 @@ class Informer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.relists = 0
+        self._deleted: OrderedDict[str, None] = OrderedDict()  # uids the watch saw deleted
 
     # ------------------------------------------------------------------ reading
 
@@ -74,7 +83,12 @@ class Informer:
 
     def _drop(self, obj: dict[str, Any]) -> None:
         key, name = self._key(obj)
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
         with self._lock:
+            if uid:
+                self._deleted[uid] = None
+                while len(self._deleted) > TOMBSTONES:
+                    self._deleted.popitem(last=False)
             objs = self._by_key.get(key)
             if objs is not None:
                 objs.pop(name, None)
@@ -87,6 +101,8 @@ class Informer:
         obj = slim(obj)
         key, name = self._key(obj)
         with self._lock:
+            if (obj.get("metadata") or {}).get("uid") in self._deleted:
+                return  # the watch already saw it go: this answer is older than that
             cached = self._by_key.get(key, {}).get(name)
             if cached is None or _rv(obj) >= _rv(cached):
                 self._by_key.setdefault(key, {})[name] = obj

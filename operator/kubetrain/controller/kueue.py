@@ -168,14 +168,16 @@ def view(obj: dict[str, Any]) -> WorkloadView:
         flavors = tuple(sorted(set((assignment.get("flavors") or {}).values())))
     evicted = _cond(conds, EVICTED)
     owner = next((r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("kind") == "TrainingJob"), "")
-    # Kueue's message: the eviction's, else why it waits (QuotaReserved False), else admission's.
-    msg_from = [c for c in (evicted if _true(conds, EVICTED) else None, _cond(conds, QUOTA_RESERVED),
-                            _cond(conds, ADMITTED)) if c is not None and c.get("message")]
+    # Kueue's message: the eviction's while the evicted job still holds its quota, else why it
+    # waits (QuotaReserved False: after a release too), else the admission's.
+    reserved = _true(conds, QUOTA_RESERVED) and bool(admission)
+    msg_from = [c for c in (evicted if _true(conds, EVICTED) and reserved else None, _cond(conds, QUOTA_RESERVED),
+                            _cond(conds, ADMITTED), evicted) if c is not None and c.get("message")]
     return WorkloadView(
         name=str(meta.get("name", "")), uid=str(meta.get("uid", "")),
         resource_version=str(meta.get("resourceVersion", "")), owner_uid=str(owner),
         queue=str(spec.get("queueName", "")), cluster_queue=admission.get("clusterQueue"),
-        quota_reserved=_true(conds, QUOTA_RESERVED) and bool(admission),
+        quota_reserved=reserved,
         admitted=_true(conds, ADMITTED) and assignment is not None,
         admitted_count=None if count is None else int(count), flavors=flavors,
         evicted=_true(conds, EVICTED), evicted_reason=str((evicted or {}).get("reason", "")),

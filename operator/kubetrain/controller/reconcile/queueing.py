@@ -49,9 +49,10 @@ def gate(s: PassState, spec: api.TrainingJobSpec) -> Decision | api.TrainingJobS
         s.actions.append(workload_manifest(s, spec, queue))
         return hold(s, spec, R_QUEUED, kueue.describe(None, queue, seen.cluster_queue if seen else None))
     where = kueue.describe(wl, queue, seen.cluster_queue if seen else None)
-    if wl.evicted:  # stays True after the release, until Kueue reserves quota again
+    if wl.evicted and wl.quota_reserved:  # Evicted stays True after the release (below) until
+        # Kueue reserves quota again; once released the job waits in its queue like any other
         decision = hold(s, spec, STOP_REASONS[wl.stop_reason], where)
-        if wl.evicted and wl.quota_reserved and not s.observed.pods:
+        if not s.observed.pods:
             # every worker is gone (checkpointed and exited): the quota goes back to Kueue
             decision.actions.append(PatchWorkloadStatus(wl.name, kueue.release_patch(wl, s.now)))
         return decision
