@@ -180,3 +180,19 @@ def test_admission_policy_and_the_operator_get_the_same_allow_lists() -> None:
     everything = _template("admissionPolicy.enabled=true", "admissionPolicy.serviceAccountNames={*}",
                            "admissionPolicy.secretNames={*}", "admissionPolicy.allowHostPath=true")
     assert not [d for d in everything if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_kueue_option_renders_the_manifests_grant_for_kueues_manager() -> None:
+    """kueue.enabled: Kueue's manager may read TrainingJobs, as manifests/kueue/rbac.yaml grants
+    (tests/cluster/test_kueue.py runs the real Kueue with that file); off by default."""
+    assert not [d for d in _template() if "kueue" in d["metadata"]["name"]]
+    docs = _template("kueue.enabled=true")
+    shipped = [d for d in yaml.safe_load_all((REPO / "manifests" / "kueue" / "rbac.yaml").read_text()) if d]
+    role = _one(docs, "ClusterRole", "kt-kueue-trainingjobs")
+    assert role["rules"] == next(d for d in shipped if d["kind"] == "ClusterRole")["rules"]
+    binding = _one(docs, "ClusterRoleBinding", "kt-kueue-trainingjobs")
+    assert binding["subjects"] == next(d for d in shipped if d["kind"] == "ClusterRoleBinding")["subjects"]
+    assert binding["roleRef"]["name"] == "kt-kueue-trainingjobs"
+    moved = _one(_template("kueue.enabled=true", "kueue.managerServiceAccount.namespace=queues"),
+                 "ClusterRoleBinding", "kt-kueue-trainingjobs")
+    assert moved["subjects"][0]["namespace"] == "queues"
