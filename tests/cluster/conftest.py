@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,17 @@ def trainingjob_crd(cluster: Cluster) -> str:
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubetrain.dev")
     wait_for(lambda: cluster.kubectl("get", "tj", "-A", check=False).returncode == 0, 30, "tj to be served")
     return "trainingjobs.kubetrain.dev"
+
+
+@pytest.fixture
+def op(cluster: Cluster, trainingjob_crd: str, namespace: str, tmp_path: Path) -> Iterator[Any]:
+    """The operator for `namespace` as a subprocess under its own ServiceAccount
+    (manifests/rbac.yaml): a test_operator.Operator, started; stopped (SIGTERM) afterwards."""
+    from tests.cluster.test_operator import Operator
+    from tests.e2e.harness import operator_kubeconfig
+
+    running = Operator(operator_kubeconfig(cluster, tmp_path / "kubeconfig"), namespace, tmp_path)
+    running.start()
+    yield running
+    code = running.stop()
+    assert code == 0 and "Traceback" not in running.logs(), f"operator exit {code}:\n{running.logs()}"

@@ -71,18 +71,6 @@ def kueue_manager(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pyte
 
 
 @pytest.fixture
-def op(cluster: Cluster, trainingjob_crd: str, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    """The operator for `namespace` under its own ServiceAccount (manifests/rbac.yaml)."""
-    from tests.e2e.harness import operator_kubeconfig
-
-    running = Operator(operator_kubeconfig(cluster, tmp_path / "kubeconfig"), namespace, tmp_path)
-    running.start()
-    yield running
-    code = running.stop()
-    assert code == 0 and "Traceback" not in running.logs(), f"operator exit {code}:\n{running.logs()}"
-
-
-@pytest.fixture
 def queues(cluster: Cluster, namespace: str, kueue_manager: kueue.KueueManager) -> Iterator[str]:
     """This test's ClusterQueue (16 GPUs, the example's, only for this namespace) and LocalQueue
     team-a; nodes 0 and 1 carry the flavor's label (16 GPUs). Yields the ClusterQueue's name."""

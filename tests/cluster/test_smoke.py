@@ -39,6 +39,17 @@ def get(cluster: Cluster, namespace: str, *what: str) -> Any:
     return cluster.kubectl_json("get", "-n", namespace, *what)
 
 
+def kwok_caught_up(cluster: Cluster, namespace: str) -> None:
+    """A barrier for "nothing happens" checks instead of a sleep: a pod created now, run by KWOK
+    and deleted. KWOK reads pods from one watch, in resourceVersion order, so once it has run this
+    pod it has seen every earlier change (and acted on it, if it was going to)."""
+    name = f"barrier-{time.monotonic_ns()}"
+    apply(cluster, namespace, pod(name, gpus=0))
+    wait_for(lambda: get(cluster, namespace, f"pod/{name}")["status"].get("phase") == "Running", 30,
+             "KWOK to run the barrier pod")
+    cluster.kubectl("delete", f"pod/{name}", "-n", namespace, "--wait=false")
+
+
 def test_version_is_pinned(cluster: Cluster) -> None:
     want = cluster.versions["K8S_VERSION"]
     server = json.loads(cluster.kubectl("get", "--raw", "/version").stdout)
@@ -148,9 +159,12 @@ def test_rbac_is_enforced(cluster: Cluster, namespace: str) -> None:
 @pytest.mark.parametrize(("code", "phase"), [(0, "Succeeded"), (65, "Failed")])
 def test_terminate_pod(cluster: Cluster, namespace: str, code: int, phase: str) -> None:
     apply(cluster, namespace, pod("worker"))
-    cluster.terminate_pod(namespace, "worker", code, message='{"reason": "ModelError", "step": 7}')
-    time.sleep(2)  # KWOK must not take it back
-    status = get(cluster, namespace, "pod/worker")["status"]
+    finished = cluster.terminate_pod(namespace, "worker", code, message='{"reason": "ModelError", "step": 7}')
+    kwok_caught_up(cluster, namespace)
+    after = get(cluster, namespace, "pod/worker")
+    # KWOK did not take it back: nobody wrote the pod after the harness finished it
+    assert after["metadata"]["resourceVersion"] == finished["metadata"]["resourceVersion"]
+    status = after["status"]
     assert status["phase"] == phase
     term = status["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == code
@@ -177,7 +191,7 @@ def test_lose_node(cluster: Cluster, namespace: str) -> None:
     wait_for(pod_not_ready, 30, "pod on the lost node marked not Ready")
     # nothing runs that node any more: a deleted pod stays Terminating
     cluster.kubectl("delete", "pod/stranded", "-n", namespace, "--wait=false")
-    time.sleep(2)
+    kwok_caught_up(cluster, namespace)  # on a node KWOK still manages
     assert get(cluster, namespace, "pod/stranded")["metadata"].get("deletionTimestamp")
     cluster.delete_node(victim)
     cluster.ensure_nodes()
