@@ -11,25 +11,17 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/cluster/versions.env
 source "$here/versions.env"
+# shellcheck source=tests/cluster/goenv.sh
+source "$here/goenv.sh"
 
-cache=${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}
 version=$SCHEDULER_PLUGINS_VERSION
 bin="$cache/bin/scheduler-plugins-$version"
 src="$cache/src/scheduler-plugins-$version"
 
-export PATH="/usr/local/go/bin:$PATH"
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
-export GOCACHE="${KUBETRAIN_GOCACHE:-$cache/go/build}"
-export GOMODCACHE="${KUBETRAIN_GOMODCACHE:-$cache/go/mod}"
-export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
-export GOSUMDB="${GOSUMDB:-sum.golang.org}"
-
 log() { printf '[build-scheduler-plugins.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-command -v go >/dev/null || { log "go not found (expected /usr/local/go/bin/go)"; exit 1; }
 mkdir -p "$cache" "$bin" "$src"
-exec 9>"$cache/build.lock"
-flock 9  # one Go build at a time per cache
+go_lock
 
 moddir="$GOMODCACHE/sigs.k8s.io/scheduler-plugins@$version"
 [[ -f $moddir/go.mod ]] || (cd "$src" && go mod download "sigs.k8s.io/scheduler-plugins@$version")

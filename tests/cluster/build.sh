@@ -11,18 +11,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/cluster/versions.env
 source "$here/versions.env"
+# shellcheck source=tests/cluster/goenv.sh
+source "$here/goenv.sh"
 
-cache=${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}
 key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 bin="$cache/bin/$key"
 src="$cache/src/$key"
-
-export PATH="/usr/local/go/bin:$PATH"
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
-export GOCACHE="${KUBETRAIN_GOCACHE:-$cache/go/build}"
-export GOMODCACHE="${KUBETRAIN_GOMODCACHE:-$cache/go/mod}"
-export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
-export GOSUMDB="${GOSUMDB:-sum.golang.org}"
 
 log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -35,6 +35,7 @@ import json
 import os
 import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,29 @@ class KueueManager:
 
     def logs(self, lines: int = 80) -> str:
         return procs.tail(self.log, lines)
+
+
+@contextlib.contextmanager
+def running(cluster: Cluster, run_dir: Path, flavors: list[dict[str, Any]], priorities: dict[str, int],
+            ) -> Iterator[KueueManager]:
+    """Kueue installed and running, with these ResourceFlavors and PriorityClasses; all of it
+    removed afterwards (the manager's log printed when something failed). MissingKueue when
+    Kueue is not built."""
+    manager = KueueManager(cluster, run_dir)
+    try:
+        manager.install()
+        manager.start()
+        for obj in flavors:
+            cluster.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
+        for name, value in priorities.items():
+            cluster.kubectl("apply", "-f", "-", stdin=json.dumps({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+                "value": value}))
+        yield manager
+    except BaseException:
+        print(manager.logs())
+        raise
+    finally:
+        manager.stop()
+        if priorities:
+            cluster.kubectl("delete", "priorityclass", *priorities, "--ignore-not-found", check=False)

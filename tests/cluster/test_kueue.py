@@ -47,27 +47,12 @@ WL = "workloads.kueue.x-k8s.io"
 @pytest.fixture(scope="module")
 def kueue_manager(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pytest.TempPathFactory,
                   ) -> Iterator[kueue.KueueManager]:
+    flavor = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "ResourceFlavor")
     try:
-        manager = kueue.KueueManager(cluster, tmp_path_factory.mktemp("kueue"))
+        with kueue.running(cluster, tmp_path_factory.mktemp("kueue"), [flavor], PRIORITIES) as manager:
+            yield manager
     except kueue.MissingKueue as e:
         pytest.skip(str(e))  # CI fails on any skip: .ci/run builds Kueue
-    try:
-        manager.install()
-        manager.start()
-        example = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-        flavor = next(d for d in example if d["kind"] == "ResourceFlavor")
-        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(flavor))
-        for name, value in PRIORITIES.items():
-            cluster.kubectl("apply", "-f", "-", stdin=json.dumps({
-                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
-                "value": value}))
-        yield manager
-    except BaseException:
-        print(manager.logs())
-        raise
-    finally:
-        manager.stop()
-        cluster.kubectl("delete", "priorityclass", *PRIORITIES, "--ignore-not-found", check=False)
 
 
 @pytest.fixture

@@ -37,26 +37,12 @@ PRIORITIES = {"e2e-low": 100, "e2e-high": 1000}
 @pytest.fixture(scope="module")
 def kueue_manager(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pytest.TempPathFactory,
                   ) -> Iterator[kueue.KueueManager]:
+    flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "e2e-cpu"}}
     try:
-        manager = kueue.KueueManager(cluster, tmp_path_factory.mktemp("kueue"))
+        with kueue.running(cluster, tmp_path_factory.mktemp("kueue"), [flavor], PRIORITIES) as manager:
+            yield manager
     except kueue.MissingKueue as e:
         pytest.skip(str(e))  # CI fails on any skip: .ci/run builds Kueue
-    try:
-        manager.install()
-        manager.start()
-        cluster.kubectl("apply", "-f", "-", stdin=json.dumps({
-            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "e2e-cpu"}}))
-        for name, value in PRIORITIES.items():
-            cluster.kubectl("apply", "-f", "-", stdin=json.dumps({
-                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
-                "value": value}))
-        yield manager
-    except BaseException:
-        print(manager.logs())
-        raise
-    finally:
-        manager.stop()
-        cluster.kubectl("delete", "priorityclass", *PRIORITIES, "--ignore-not-found", check=False)
 
 
 @pytest.fixture
