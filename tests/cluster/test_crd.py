@@ -65,8 +65,16 @@ def test_printer_columns(cluster: Cluster, trainingjob_crd: str, namespace: str)
     cluster.kubectl("patch", f"tj/{name}", "-n", namespace, "--subresource=status", "--type=merge",
                     "-p", json.dumps(status))
     header, row = cluster.kubectl("get", "tj", name, "-n", namespace).stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "READY", "DESIRED", "STEP", "LOSS", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "READY", "DESIRED", "STEP", "LOSS", "ADMISSION", "AGE"]
     assert row.split()[:6] == [name, "Running", "3", "4", "120", "2.75"]
+    # A job Kueue holds says why (the Suspended condition's reason), without describe.
+    queued = {"status": {"phase": "Suspended", "conditions": [
+        {"type": "Suspended", "status": "True", "reason": "Queued", "message": "queue team-a ...",
+         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    cluster.kubectl("patch", f"tj/{name}", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(queued))
+    row = cluster.kubectl("get", "tj", name, "-n", namespace).stdout.splitlines()[1]
+    assert row.split()[1] == "Suspended" and "Queued" in row.split(), row
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

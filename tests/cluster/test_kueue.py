@@ -154,6 +154,9 @@ def test_the_second_job_waits_for_quota_and_runs_when_the_first_finishes(
     assert {p["spec"]["nodeName"] for p in ps} <= {"kwok-node-0", "kwok-node-1"}
     s = status(cluster, namespace, "first")
     assert condition(s, "Suspended").get("reason") == "Admitted", s
+    first_row = next(line for line in cluster.kubectl("get", "tj", "-n", namespace).stdout.splitlines()
+                     if line.startswith("first "))
+    assert "Admitted" in first_row.split(), first_row
     assert queues in condition(s, "Suspended")["message"]
 
     apply(cluster, namespace, queued("second", 2))
@@ -166,7 +169,7 @@ def test_the_second_job_waits_for_quota_and_runs_when_the_first_finishes(
     # What users see: the phase in `kubectl get tj`, the queue and Kueue's message in describe.
     row = next(line for line in cluster.kubectl("get", "tj", "-n", namespace).stdout.splitlines()
                if line.startswith("second "))
-    assert "Suspended" in row.split(), row
+    assert "Suspended" in row.split() and "Queued" in row.split(), row
     described = cluster.kubectl("describe", "tj", "second", "-n", namespace).stdout
     assert "Queued" in described and "insufficient" in described, described
 

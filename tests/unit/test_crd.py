@@ -58,7 +58,7 @@ def test_identity_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Ready", "Desired", "Step", "Loss", "Age"]
+    assert cols == ["Phase", "Ready", "Desired", "Step", "Loss", "Admission", "Age"]
 
 
 def test_schema_is_structural() -> None:

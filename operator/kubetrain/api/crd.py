@@ -185,6 +185,9 @@ PRINTER_COLUMNS = [
     {"name": "Desired", "type": "integer", "jsonPath": ".status.workers.desired"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+    # Why a job is held or was let go: Queued, Admitted, Preempted, Evicted (Kueue, docs/kueue.md),
+    # Suspended/Resumed (runPolicy.suspend); empty for a job that never was.
+    {"name": "Admission", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Suspended")].reason'},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
