@@ -104,3 +104,21 @@ def op(cluster: Cluster, trainingjob_crd: str, namespace: str, tmp_path: Path) -
     yield running
     code = running.stop()
     assert code == 0 and "Traceback" not in running.logs(), f"operator exit {code}:\n{running.logs()}"
+
+
+@pytest.fixture(scope="module")
+def kueue_manager(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Kueue's real manager installed and running for a module (tests/cluster/kueue.py), with the
+    module's KUEUE_FLAVORS (ResourceFlavors) and KUEUE_PRIORITIES (PriorityClass name -> value).
+    Skipped with the command to run when Kueue is not built (under CI=true a skip fails the run,
+    and .ci/run builds it)."""
+    from tests.cluster import kueue
+
+    flavors, priorities = getattr(request.module, "KUEUE_FLAVORS", []), getattr(request.module, "KUEUE_PRIORITIES", {})
+    try:
+        kueue.binary()
+    except kueue.MissingKueue as e:
+        pytest.skip(str(e))
+    with kueue.running(cluster, tmp_path_factory.mktemp("kueue"), flavors, priorities) as manager:
+        yield manager

@@ -32,6 +32,23 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "con
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def http_ok(url: str, expect: bytes = b"", insecure: bool = False) -> bool:
+    """True when GET url answers 200 (and its body holds `expect`): a component's /healthz or
+    /readyz. insecure: a self-signed serving certificate (a component's own, on loopback)."""
+    import ssl
+    import urllib.request
+
+    context = None
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return bool(resp.status == 200 and expect in resp.read())
+    except OSError:
+        return False
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

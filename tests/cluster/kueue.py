@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import yaml
 
 from tests.cluster import binaries, pki, procs
-from tests.cluster.helpers import Cluster, wait_for
+from tests.cluster.helpers import Cluster, http_ok, wait_for
 from tests.cluster.launcher import free_port, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +164,7 @@ class KueueManager:
         self.proc: procs.Proc | None = None
         self.health_port = self.port = 0
         self.host = ""
+        self.crds: list[dict[str, Any]] = []
         self._stop_sync = threading.Event()
         self._sync: threading.Thread | None = None
 
@@ -195,8 +195,9 @@ class KueueManager:
         ])
         self.host = self.cluster.kubectl_json("get", "service", SERVICE, "-n", NAMESPACE)["spec"]["clusterIP"]
         assert self.host.startswith("127."), f"the tier's ClusterIPs are loopback, got {self.host}"
-        self._apply(crds(self.port))
-        for crd in crds(self.port):
+        self.crds = crds(self.port)
+        self._apply(self.crds)
+        for crd in self.crds:
             self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                                  f"crd/{crd['metadata']['name']}")
         self._apply(rbac())
@@ -235,11 +236,14 @@ class KueueManager:
         """What the kubelet does for a secret volume: keep the Secret's keys as files in the cert
         dir (written atomically, only when they changed)."""
         self.cert_dir.mkdir(parents=True, exist_ok=True)
+        from kubernetes.client.exceptions import ApiException
+
         while not self._stop_sync.wait(0.5):
-            proc = self.cluster.kubectl("get", "secret", SECRET, "-n", NAMESPACE, "-o", "json", check=False)
-            if proc.returncode != 0:
+            try:
+                data = self.cluster.core.read_namespaced_secret(SECRET, NAMESPACE).data or {}
+            except ApiException:
                 continue
-            for key, value in (json.loads(proc.stdout).get("data") or {}).items():
+            for key, value in data.items():
                 path, content = self.cert_dir / key, base64.b64decode(value)
                 if not path.exists() or path.read_bytes() != content:
                     tmp = path.with_name(f".{key}.tmp")
@@ -251,11 +255,7 @@ class KueueManager:
         assert self.proc is not None
         if not self.proc.alive():
             raise AssertionError(f"Kueue's manager exited:\n{procs.tail(self.log, 60)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/readyz")
 
     def stop_manager(self) -> None:
         if self.proc is not None:
@@ -279,7 +279,7 @@ class KueueManager:
                     ns = ["-n", obj["metadata"]["namespace"]] if obj["metadata"].get("namespace") else []
                     k("patch", f"{kind}.kueue.x-k8s.io", obj["metadata"]["name"], *ns, "--type=merge",
                       "-p", '{"metadata":{"finalizers":null}}', check=False)
-        for crd in crds(self.port):
+        for crd in self.crds:
             k("delete", "crd", crd["metadata"]["name"], "--wait=false", "--ignore-not-found", check=False)
         k("delete", "-f", str(REPO / "manifests" / "kueue" / "rbac.yaml"), "--ignore-not-found", check=False)
         for obj in rbac():

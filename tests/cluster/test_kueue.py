@@ -40,19 +40,9 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "kueue" / "example-queues.yaml"
 POOL_LABEL = "kubetrain.dev/gpu-pool"
-PRIORITIES = {"kueue-low": 100, "kueue-high": 1000}
+KUEUE_PRIORITIES = {"kueue-low": 100, "kueue-high": 1000}  # for the kueue_manager fixture (conftest)
+KUEUE_FLAVORS = [next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "ResourceFlavor")]
 WL = "workloads.kueue.x-k8s.io"
-
-
-@pytest.fixture(scope="module")
-def kueue_manager(cluster: Cluster, trainingjob_crd: str, tmp_path_factory: pytest.TempPathFactory,
-                  ) -> Iterator[kueue.KueueManager]:
-    flavor = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "ResourceFlavor")
-    try:
-        with kueue.running(cluster, tmp_path_factory.mktemp("kueue"), [flavor], PRIORITIES) as manager:
-            yield manager
-    except kueue.MissingKueue as e:
-        pytest.skip(str(e))  # CI fails on any skip: .ci/run builds Kueue
 
 
 @pytest.fixture
@@ -186,7 +176,7 @@ def test_a_higher_priority_job_preempts_and_the_victim_resumes(
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1)) + ".000000Z"
     apply(cluster, namespace, queued("low", 2, priority="kueue-low"))
     wl = wait_admitted(cluster, namespace, "low")
-    assert wl["spec"]["priority"] == PRIORITIES["kueue-low"]
+    assert wl["spec"]["priority"] == KUEUE_PRIORITIES["kueue-low"]
     first = wait_running(cluster, namespace, "low", 2)
     victims, victim_uids = names(first), {p["metadata"]["uid"] for p in first}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 import yaml
 
 from tests.cluster import binaries, procs
-from tests.cluster.helpers import Cluster, wait_for
+from tests.cluster.helpers import Cluster, http_ok, wait_for
 from tests.cluster.launcher import free_port
 from tests.cluster.test_operator import apply, pods, tj
 
@@ -76,15 +75,7 @@ def coscheduling(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     def healthy() -> bool:
         if not proc.alive():
             raise AssertionError(f"the scheduler exited:\n{procs.tail(proc.log, 60)}")
-        import ssl
-
-        insecure = ssl.create_default_context()
-        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
-        try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{health}/healthz", timeout=2, context=insecure) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"https://127.0.0.1:{health}/healthz", insecure=True)
 
     wait_for(healthy, 60, "scheduler-plugins' kube-scheduler /healthz")
     try:

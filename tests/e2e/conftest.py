@@ -26,9 +26,10 @@ from tests.e2e.harness import Operator, describe, make_claim, operator_kubeconfi
 from tests.e2e.podrunner import PodRunner
 
 # The cluster tier's fixtures, as they are: a fresh namespace per test (the nodes restored first),
-# the TrainingJob CRD installed once.
+# the TrainingJob CRD installed once, Kueue's manager per module that asks for it.
 namespace = cluster_tier.namespace
 trainingjob_crd = cluster_tier.trainingjob_crd
+kueue_manager = cluster_tier.kueue_manager
 _timings: dict[str, float] = {}
 
 
