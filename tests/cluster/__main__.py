@@ -1,6 +1,8 @@
 """A control plane for people:
 
     python -m tests.cluster up       # start in the background, print `export KUBECONFIG=...`
+    python -m tests.cluster up --real-node   # ... with one real node (kubelet, containerd,
+                                             # kube-proxy, CoreDNS) instead of KWOK's (tests/node)
     python -m tests.cluster down     # stop it
     python -m tests.cluster status
 
@@ -37,15 +39,18 @@ def up(args: argparse.Namespace) -> int:
         path.unlink()
     run_dir = binaries.cache_dir() / "cluster" / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    try:
-        cp = ControlPlane(run_dir, node_count=args.nodes, detach=True)
-    except binaries.MissingBinaries as e:
-        print(e, file=sys.stderr)
-        return 1
     started = time.monotonic()
     try:
-        info = cp.start()
-    except StartupError as e:
+        if args.real_node:
+            from tests.node import cluster as real
+
+            cp, _, _ = real.start(run_dir, detach=True)
+            assert cp.info is not None
+            info = cp.info
+            info.real_node = True
+        else:
+            info = ControlPlane(run_dir, node_count=args.nodes, detach=True).start()
+    except (binaries.MissingBinaries, StartupError, RuntimeError) as e:
         print(e, file=sys.stderr)
         return 1
     info.save(path)
@@ -61,6 +66,10 @@ def down(_: argparse.Namespace) -> int:
         print("no cluster recorded", file=sys.stderr)
         return 0
     info = ClusterInfo.load(path)
+    if info.real_node:  # the node first, while the API server still answers
+        from tests.node import cluster as real
+
+        real.stop_detached(info)
     for name in reversed(list(info.pids)):
         pid = info.pids[name]
         if procs.pid_alive(pid, info.exes.get(name)):
@@ -89,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start a control plane in the background")
     p_up.add_argument("--nodes", type=int, default=4, help="number of KWOK GPU nodes (default 4)")
+    p_up.add_argument("--real-node", action="store_true",
+                      help="one real node (kubelet + containerd + kube-proxy + CoreDNS) instead of KWOK's; "
+                           "needs root, `bash tests/cluster/build.sh` and `bash tests/node/build-node-images.sh`")
     p_up.set_defaults(fn=up)
     sub.add_parser("down", help="stop it").set_defaults(fn=down)
     sub.add_parser("status", help="show its processes").set_defaults(fn=status)

@@ -18,7 +18,12 @@ ENV_VARS: dict[str, str] = {
     "kubectl": "TEST_ASSET_KUBECTL",
     "kwok": "KWOK_BIN",
     "helm": "HELM_BIN",
+    # the real-node tier only (tests/node)
+    "kubelet": "TEST_ASSET_KUBELET",
+    "kube-proxy": "TEST_ASSET_KUBE_PROXY",
 }
+# not needed to run the control plane
+OPTIONAL = ("helm", "kubelet", "kube-proxy")
 
 
 def versions() -> dict[str, str]:
@@ -81,7 +86,7 @@ def missing() -> list[str]:
 
 def resolve() -> Binaries:
     """All binaries, or MissingBinaries naming what to build."""
-    absent = [name for name in missing() if name != "helm"]
+    absent = [name for name in missing() if name not in OPTIONAL]
     if absent:
         raise MissingBinaries(
             f"control-plane binaries not found: {', '.join(absent)} "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the pinned control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm) from the Go module proxy into
+# kube-scheduler, kubectl, kwok, helm, and kubelet + kube-proxy for the real node) from the Go module proxy into
 #   ${KUBETRAIN_CACHE:-$HOME/.cache/kubetrain}/bin/<version-key>/
 # Idempotent: binaries already there are reused. Binaries supplied through KUBEBUILDER_ASSETS or a
 # per-binary variable (TEST_ASSET_ETCD, TEST_ASSET_KUBE_APISERVER, TEST_ASSET_KUBE_CONTROLLER_MANAGER,
@@ -29,6 +29,9 @@ targets=(
   "kubectl|k8s.io/kubernetes/cmd/kubectl|TEST_ASSET_KUBECTL"
   "kwok|sigs.k8s.io/kwok/cmd/kwok|KWOK_BIN"
   "helm|helm.sh/helm/v3/cmd/helm|HELM_BIN"
+  # the real-node tier (tests/node): a kubelet and kube-proxy joined to the same control plane
+  "kubelet|k8s.io/kubernetes/cmd/kubelet|TEST_ASSET_KUBELET"
+  "kube-proxy|k8s.io/kubernetes/cmd/kube-proxy|TEST_ASSET_KUBE_PROXY"
 )
 
 supplied() {  # $1 name, $2 variable: true when the binary comes from the environment

@@ -60,6 +60,7 @@ class ClusterInfo:
     pids: dict[str, int] = field(default_factory=dict)
     exes: dict[str, str] = field(default_factory=dict)
     kubectl: str = ""
+    real_node: bool = False
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,9 @@ class ControlPlane:
         keep_run_dir: bool | None = None,
         extra_apiserver_args: list[str] | None = None,
         feature_gates: str = "",
+        address: str = "127.0.0.1",
+        service_cidr: str = SERVICE_CIDR,
+        service_ip: str = SERVICE_IP,
     ) -> None:
         self.bins = binaries.resolve()
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="kubetrain-cluster-"))
@@ -113,6 +117,9 @@ class ControlPlane:
             bool(os.environ.get("KUBETRAIN_KEEP_RUN_DIR")) if keep_run_dir is None else keep_run_dir
         )
         self.extra_apiserver_args = list(extra_apiserver_args or [])
+        # where the API server listens and advertises itself: loopback, or for the real-node tier
+        # an address pods can reach (tests/node/network.py), with a Service range to match
+        self.address, self.service_cidr, self.service_ip = address, service_cidr, service_ip
         # e.g. GenericWorkload=true,GangScheduling=true (alpha in 1.36) for the native gang scheduling
         # API; given to kube-apiserver, kube-controller-manager and kube-scheduler alike
         # On by default so the cluster tier proves `gang: kubernetes` against the real scheduler;
@@ -122,6 +129,7 @@ class ControlPlane:
             self.extra_apiserver_args.append(f"--runtime-config={runtime}")
         self.procs: list[procs.Proc] = []
         self.info: ClusterInfo | None = None
+        self.certs: pki.Pki | None = None
         self._ssl: ssl.SSLContext | None = None
 
     # ------------------------------------------------------------------ public
@@ -168,7 +176,7 @@ class ControlPlane:
     def _start(self) -> ClusterInfo:
         d = self.run_dir
         (d / "logs").mkdir(parents=True, exist_ok=True)
-        certs = pki.generate(d / "pki", service_ip=SERVICE_IP)
+        certs = self.certs = pki.generate(d / "pki", service_ip=self.service_ip, extra_ips=[self.address])
         b = self.bins
 
         etcd_port, etcd_peer = free_port(), free_port()
@@ -184,7 +192,7 @@ class ControlPlane:
         self._wait("etcd", lambda: self._http_ok(f"{etcd_url}/health", b'"health":"true"'))
 
         api_port = free_port()
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{self.address}:{api_port}"
         # Every request of the operator's ServiceAccount (and nobody else's) at Metadata level:
         # tests/cluster/test_rbac_audit.py derives the RBAC the code needs from it.
         audit_policy = d / "audit-policy.yaml"
@@ -195,7 +203,7 @@ class ControlPlane:
         self._spawn("kube-apiserver", [
             str(b.kube_apiserver),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={api_port}",
             f"--cert-dir={d / 'pki'}",
             f"--tls-cert-file={certs.apiserver.cert}", f"--tls-private-key-file={certs.apiserver.key}",
             f"--client-ca-file={certs.ca.cert}",
@@ -203,8 +211,9 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={certs.sa_pub}",
             f"--service-account-signing-key-file={certs.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",  # its endpoint would be 127.0.0.1, which validation refuses
+            f"--service-cluster-ip-range={self.service_cidr}",
+            # on loopback its endpoint would be 127.0.0.1, which validation refuses
+            *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
             "--allow-privileged=true",
             f"--kubelet-client-certificate={certs.clients['apiserver-kubelet-client'].cert}",
             f"--kubelet-client-key={certs.clients['apiserver-kubelet-client'].key}",
@@ -241,7 +250,7 @@ class ControlPlane:
             f"--service-account-private-key-file={certs.sa_key}",
             f"--root-ca-file={certs.ca.cert}",
             f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--controllers=*",
             "--node-monitor-grace-period=16s",
             "--concurrent-gc-syncs=5", "--concurrent-namespace-syncs=5",

@@ -50,7 +50,8 @@ def manifest(i: int) -> dict[str, Any]:
 
 def create(kubectl: Kubectl, count: int) -> None:
     items = [manifest(i) for i in range(count)]
-    kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    if items:
+        kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
 
 def ready_names(kubectl: Kubectl) -> set[str]:

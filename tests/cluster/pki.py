@@ -74,7 +74,7 @@ CLIENTS: dict[str, str] = {
 }
 
 
-def generate(d: Path, *, service_ip: str) -> Pki:
+def generate(d: Path, *, service_ip: str, extra_ips: list[str] | None = None) -> Pki:
     """Write every key and certificate into directory d (created)."""
     d.mkdir(parents=True, exist_ok=True)
     ca = KeyPair(d / "ca.crt", d / "ca.key")
@@ -86,7 +86,7 @@ def generate(d: Path, *, service_ip: str) -> Pki:
         "-out", ca.cert, cwd=d,
     )
     sans = [
-        "IP:127.0.0.1", f"IP:{service_ip}", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+        *sorted({"IP:127.0.0.1", f"IP:{service_ip}", *(f"IP:{ip}" for ip in extra_ips or [])}), "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
         "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
     ]
     apiserver = issue(d, "apiserver", "/CN=kube-apiserver", ca, "serverAuth", sans)
