@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kubetrain.api.constants import GROUP, PLURAL, VERSION
-from kubetrain.controller import kueue
+from kubetrain.controller import credentials, kueue
 from kubetrain.controller import names as n
 from kubetrain.controller.builders import GANG_SCHEDULERS, gang_mode
 from kubetrain.controller.conditions import rfc3339
@@ -135,6 +135,20 @@ def problems_of(obj: dict[str, Any]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------- kopf
+
+
+@kopf.on.login()
+def login(logger: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's credentials: the same as the operator's own calls (credentials.py), read again at
+    each login (kopf logs in again on 401: a rotated ServiceAccount token is picked up)."""
+    try:
+        creds = credentials.load(RUNTIME.kubeconfig)
+    except credentials.Unsupported:
+        return kopf.login_via_client(logger=logger, **kwargs)
+    return kopf.ConnectionInfo(
+        server=creds.server, ca_path=creds.ca_file, insecure=creds.insecure, token=creds.bearer(),
+        certificate_path=creds.cert_file, private_key_path=creds.key_file, default_namespace=creds.namespace,
+    )
 
 
 @kopf.on.startup()

@@ -1,7 +1,7 @@
-"""The operator's Kubernetes API calls: plain JSON over the `kubernetes` client's transport.
-
-Raw JSON (not the client's generated models) because the reconciler works on dicts and a
-round trip through the models would cost more than the call. Blocking: the handlers run
+"""The operator's Kubernetes API calls: plain JSON over urllib3 (credentials.py says where and
+as whom), not the `kubernetes` client library: the reconciler works on dicts, a round trip
+through the generated models would cost more than the call, and importing the library costs
+~30 MiB of RSS. Blocking: the handlers run
 these in threads. Every verb used here is listed in manifests/rbac.yaml, and nothing else.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import socket
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from kubetrain.api.constants import GROUP, PLURAL, VERSION
+from kubetrain.controller import credentials
 from kubetrain.controller import names as n
 from kubetrain.controller.observed import owned_by
 from kubetrain.controller.ratelimit import TokenBucket
@@ -35,23 +36,41 @@ class ApiError(Exception):
         super().__init__(f"{status}: {self.message}")
 
 
-def load_client(kubeconfig: str | None = None, pool: int = 32) -> Any:
-    """An ApiClient: in-cluster credentials when running in a pod, else the kubeconfig; with
-    `pool` connections so that parallel calls do not queue for one."""
-    from kubernetes import client, config
+class Transport:
+    """HTTPS to the API server with a pool of `pool` connections (parallel calls do not queue
+    for one); the bearer token, when there is one, re-read as it rotates."""
 
-    configuration = client.Configuration()
-    loaded = False
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-            loaded = True
-        except config.ConfigException:
-            pass
-    if not loaded:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    configuration.connection_pool_maxsize = pool
-    return client.ApiClient(configuration)
+    def __init__(self, creds: credentials.Credentials, pool: int = 32) -> None:
+        import urllib3
+
+        self.creds = creds
+        self.http = urllib3.PoolManager(num_pools=2, maxsize=pool, block=False, retries=False,
+                                        ssl_context=creds.ssl_context())
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
+                timeout: float | tuple[float, float], stream: bool = False) -> Any:
+        import urllib3
+
+        token = self.creds.bearer()
+        if token:
+            headers = {**headers, "Authorization": f"Bearer {token}"}
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        return self.http.request(method, self.creds.server + path, body=body, headers=headers,
+                                 timeout=urllib3.Timeout(connect=connect, read=read),
+                                 preload_content=not stream, redirect=False)
+
+
+def load_client(kubeconfig: str | None = None, pool: int = 32) -> Transport:
+    """A Transport: in-cluster credentials when running in a pod, else the kubeconfig."""
+    try:
+        creds = credentials.load(kubeconfig)
+    except credentials.Unsupported:
+        creds = credentials.from_kubernetes_library(kubeconfig)
+    return Transport(creds, pool)
+
+
+def _with_query(path: str, query: dict[str, str] | None) -> str:
+    return f"{path}?{urlencode(query)}" if query else path
 
 
 def _q(part: str) -> str:
@@ -59,7 +78,7 @@ def _q(part: str) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: Any, limiter: TokenBucket | None = None) -> None:
+    def __init__(self, api_client: Transport, limiter: TokenBucket | None = None) -> None:
         self.api = api_client
         self.limiter = limiter or TokenBucket(0, 1)
         self.calls = 0
@@ -70,14 +89,10 @@ class Kube:
     ) -> Any:
         self.limiter.acquire()
         self.calls += 1
-        _, url, headers, data, _ = self.api.param_serialize(
-            method, path, query_params=list((query or {}).items()) or None,
-            header_params={"Content-Type": content_type, "Accept": JSON}, body=body,
-            auth_settings=["BearerToken"],
-        )
-        resp = self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=TIMEOUT)
-        raw = resp.read()
-        text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": JSON, **({"Content-Type": content_type} if data is not None else {})}
+        resp = self.api.request(method, _with_query(path, query), data, headers, TIMEOUT)
+        text = resp.data.decode()
         if not 200 <= resp.status < 300:
             raise ApiError(resp.status, text)
         return json.loads(text) if text else None
@@ -86,16 +101,13 @@ class Kube:
         """A streaming response (a watch): the urllib3 response, to be read in chunks."""
         self.limiter.acquire()
         self.calls += 1
-        _, url, headers, data, _ = self.api.param_serialize(
-            method, path, query_params=list((query or {}).items()) or None, header_params={"Accept": JSON},
-            auth_settings=["BearerToken"],
-        )
-        resp = self.api.call_api(method, url, header_params=headers, body=data,
-                                 _request_timeout=(TIMEOUT, read_timeout))
+        resp = self.api.request(method, _with_query(path, query), None, {"Accept": JSON},
+                                (TIMEOUT, read_timeout), stream=True)
         if not 200 <= resp.status < 300:
-            raw = resp.read()
-            raise ApiError(resp.status, raw.decode() if isinstance(raw, bytes) else str(raw or ""))
-        return resp.response
+            text = resp.read().decode()
+            resp.release_conn()
+            raise ApiError(resp.status, text)
+        return resp
 
     # ---------------------------------------------------------------- TrainingJobs
 
