@@ -56,6 +56,9 @@ def up(args: argparse.Namespace) -> int:
     info.save(path)
     print(f"# control plane up in {time.monotonic() - started:.1f}s, logs in {run_dir}/logs; "
           "stop it with: python -m tests.cluster down", file=sys.stderr)
+    if info.real_node:
+        print(f"# the node's containerd: CONTAINERD_ADDRESS={run_dir}/node/containerd.sock "
+              "bash images/build.sh --import-containerd   # the product's images onto the node", file=sys.stderr)
     print(f"export KUBECONFIG={info.kubeconfig}")
     return 0
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
