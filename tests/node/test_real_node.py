@@ -71,11 +71,16 @@ def test_operator_runs_as_a_pod_under_its_service_account(real_cluster: Cluster,
         assert pod["spec"]["nodeName"] == "kubetrain-node"
         assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["status"]
         assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(network.POD_CIDR)
-    # in-cluster config through the `kubernetes` Service: the leader holds the Lease it renews
-    lease = real_cluster.kubectl_json("get", "lease", "kubetrain-operator", "-n", OPERATOR_NAMESPACE)
-    holder = lease["spec"]["holderIdentity"]
+    # in-cluster config through the `kubernetes` Service: one replica takes the Lease and renews it
+    # (a standby is Ready before anyone leads: its /healthz answers while it waits for the Lease)
+    def holder() -> str | None:
+        lease = real_cluster.kubectl("get", "lease", "kubetrain-operator", "-n", OPERATOR_NAMESPACE,
+                                     "-o", "jsonpath={.spec.holderIdentity}", check=False)
+        return lease.stdout.strip() or None
+
+    leader = wait_for(holder, 60, "a leader holding the Lease")
     names = [p["metadata"]["name"] for p in pods]
-    assert any(holder.startswith(n) for n in names), (holder, names)
+    assert any(leader.startswith(n) for n in names), (leader, names)
     ns = real_cluster.kubectl_json("get", "namespace", OPERATOR_NAMESPACE)
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
