@@ -37,7 +37,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def _prerequisites() -> str:
     if os.geteuid() != 0:
-        return "the real-node tier needs root (network namespace, cgroups, containerd)"
+        return "the real-node tier needs root (network namespace, cgroups, containerd): run pytest as root"
     try:
         node_binaries()
         node_images.tool("coredns")

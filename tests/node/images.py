@@ -74,8 +74,8 @@ def one_binary_archive(binary: Path, ref: str, user: str, out: Path) -> Path:
 class NodeImages:
     """Imports into one containerd; `stamps` records what was imported (image -> content id)."""
 
-    def __init__(self, socket: Path, stamps: Path, log: Path) -> None:
-        self.socket, self.stamps, self.log = socket, stamps, log
+    def __init__(self, socket: Path, stamps: Path) -> None:
+        self.socket, self.stamps = socket, stamps
 
     def ctr(self, *args: str, timeout: float = 60) -> str:
         proc = subprocess.run(["ctr", "--address", str(self.socket), "-n", "k8s.io", *args],

@@ -56,8 +56,7 @@ class RealNode:
         self.server, self.certs = server, certs
         self.bins = node_binaries()
         self.procs: list[procs.Proc] = []
-        self.images = NodeImages(self.paths.socket, self.paths.images / "kubetrain-imports.json",
-                                 run_dir / "logs" / "imports.log")
+        self.images = NodeImages(self.paths.socket, self.paths.images / "kubetrain-imports.json")
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
