@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,22 @@ def test_checkpoint_subpath_stays_in_the_jobs_own_directory(storage: dict[str, A
         assert [p.path for p in problems] == ["spec.checkpoint.storage.subPath"], problems
         assert "job's name or a directory below it" in problems[0].message
         assert "shared: true" in problems[0].fix
+
+
+def test_operator_passes_leave_cel_to_the_api_server() -> None:
+    """The operator validates a job's spec without loading cel-python (with lark and pendulum,
+    ~6 MiB of its RSS); `kubetrain validate` in the same process still evaluates the CEL rules."""
+    bad = job({"workers": {"replicas": 2, "minReplicas": 3}, "model": {"preset": "tiny"}})
+    code = (
+        "import json, sys; from kubetrain.controller import handlers; "
+        "from kubetrain.controller.reconcile import spec_problems; "
+        f"spec_problems({job({'workers': {'replicas': 2}, 'model': {'preset': 'tiny'}})!r}); "
+        "loaded = 'celpy' in sys.modules; "
+        "from kubetrain.api.validate import cel_problems; "
+        f"print(json.dumps([loaded, [str(p) for p in cel_problems({bad!r})]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, problems = json.loads(out)
+    assert loaded is False
+    assert problems == [str(p) for p in cel_problems(bad)] and problems, problems
+

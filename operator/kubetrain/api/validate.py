@@ -15,9 +15,8 @@ import difflib
 import functools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import celpy
 from pydantic import BaseModel, ValidationError
 
 from kubetrain import api
@@ -29,6 +28,9 @@ from kubetrain.api.objectmeta import metadata_problems
 from kubetrain.api.pipeline import pp_problems
 from kubetrain.api.problems import Problem, SpecError
 from kubetrain.api.tensorparallel import tp_problems
+
+if TYPE_CHECKING:
+    import celpy
 
 # Checks beyond the schema, in order: spec -> problems. An explicit list (nothing registers itself).
 SemanticCheck = Callable[[api.TrainingJobSpec, dict[str, Any]], list[Problem]]
@@ -173,6 +175,10 @@ def _schema() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _cel_env() -> celpy.Environment:
+    # Imported here: cel-python (with lark and pendulum, ~6 MiB) serves `kubetrain validate` and
+    # admission checks, never the operator, whose passes leave the CEL rules to the API server.
+    import celpy
+
     return celpy.Environment()
 
 
@@ -208,6 +214,8 @@ def prune_nulls(schema: dict[str, Any], value: Any) -> Any:
 
 def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[Problem]:
     """Evaluate the CRD's CEL rules against `obj` (and `old` for transition rules)."""
+    from celpy import json_to_cel
+
     problems = []
     obj = prune_nulls(_schema(), obj)
     old = prune_nulls(_schema(), old) if old is not None else None
@@ -216,9 +224,9 @@ def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list
         if uses_old and old_value is None:
             continue  # transition rules only run on updates where the old value exists
         try:
-            activation = {"self": celpy.json_to_cel(value)}
+            activation = {"self": json_to_cel(value)}
             if uses_old:
-                activation["oldSelf"] = celpy.json_to_cel(old_value)
+                activation["oldSelf"] = json_to_cel(old_value)
             ok = bool(_program(rule["rule"]).evaluate(activation))
         except Exception:  # a value of the wrong type or range: the schema check reports it
             continue
