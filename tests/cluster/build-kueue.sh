@@ -14,7 +14,6 @@ source "$here/goenv.sh"
 
 bin="$cache/bin/kueue-$KUEUE_VERSION"
 
-log() { printf '[build-kueue.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 mkdir -p "$cache" "$bin"
 go_lock

@@ -18,7 +18,6 @@ version=$SCHEDULER_PLUGINS_VERSION
 bin="$cache/bin/scheduler-plugins-$version"
 src="$cache/src/scheduler-plugins-$version"
 
-log() { printf '[build-scheduler-plugins.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 mkdir -p "$cache" "$bin" "$src"
 go_lock

@@ -18,7 +18,6 @@ key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VE
 bin="$cache/bin/$key"
 src="$cache/src/$key"
 
-log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # name | go package | per-binary variable
 targets=(

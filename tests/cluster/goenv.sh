@@ -10,6 +10,9 @@ export GOMODCACHE="${KUBETRAIN_GOMODCACHE:-$cache/go/mod}"
 export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 export GOSUMDB="${GOSUMDB:-sum.golang.org}"
 
+# log MSG: one line on stderr, prefixed with the building script's name and the time
+log() { printf '[%s %s] %s\n' "${0##*/}" "$(date +%H:%M:%S)" "$*" >&2; }
+
 # go_lock: one Go build at a time per cache (fd 9 held until the script exits)
 go_lock() {
   command -v go >/dev/null || { echo "go not found (expected /usr/local/go/bin/go)" >&2; exit 1; }

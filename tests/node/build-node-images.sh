@@ -15,7 +15,6 @@ source "$here/../cluster/goenv.sh"
 
 bin="$cache/bin/node-coredns-${COREDNS_VERSION}"
 src="$cache/src/node-coredns-${COREDNS_VERSION}"
-log() { printf '[build-node-images.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [[ -x $bin/coredns && -x $bin/pause && $bin/pause -nt $here/pause/main.go ]]; then
   log "cached in $bin"
