@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from tests.node.node import RealNode, host_snapshot, node_binaries
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, OPERATOR_NAMESPACE = "kubetrain", "kubetrain-system"
 REPORT: list[str] = []
+# what the node runs from the host's packages (Debian's)
+HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "nsenter", "unshare")
+CNI_BRIDGE = "/usr/lib/cni/bridge"
 _state: dict[str, Any] = {}
 
 
@@ -38,12 +42,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def _prerequisites() -> str:
     if os.geteuid() != 0:
         return "the real-node tier needs root (network namespace, cgroups, containerd): run pytest as root"
+    absent = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+    absent += [] if Path(CNI_BRIDGE).exists() else [CNI_BRIDGE]
+    if absent:
+        return (f"the real-node tier needs {', '.join(absent)}: apt-get install containerd runc iptables "
+                "util-linux containernetworking-plugins (.ci/run does)")
     try:
         node_binaries()
         node_images.tool("coredns")
         node_images.tool("pause")
     except (binaries.MissingBinaries, node_images.MissingNodeBinaries) as e:
-        return str(e)
+        return f"the real-node tier: {e} (CI builds them in .ci/run)"
     return ""
 
 
