@@ -38,6 +38,33 @@ def test_inline_certificates_become_private_files(tmp_path: Path) -> None:
         assert os.stat(name).st_mode & 0o077 == 0, oct(os.stat(name).st_mode)
 
 
+def test_inline_credentials_leave_no_file_even_when_the_process_is_killed(tmp_path: Path) -> None:
+    """The operator is stopped by SIGTERM or SIGKILL as often as it exits: a client key written to
+    a temporary file would outlive it. Loading the same kubeconfig twice (each client reads it)
+    gives the same files."""
+    pem = b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+    data = base64.b64encode(pem).decode()
+    kubeconfig = write_kubeconfig(tmp_path / "kc", {"client-certificate-data": data, "client-key-data": data})
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from kubetrain.controller import credentials\n"
+         "a, b = (credentials.from_kubeconfig(__import__('pathlib').Path(sys.argv[1])) for _ in range(2))\n"
+         "assert (a.cert_file, a.key_file) == (b.cert_file, b.key_file), (a, b)\n"
+         "print(open(a.key_file, 'rb').read().decode().splitlines()[0], flush=True)\n"
+         "time.sleep(60)\n", str(kubeconfig)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "-----BEGIN PRIVATE KEY-----"
+        assert list(temp.iterdir()) == []
+    finally:
+        child.kill()
+        child.wait()
+    assert list(temp.iterdir()) == []
+
+
 def test_paths_are_relative_to_the_kubeconfig(tmp_path: Path) -> None:
     creds = credentials.from_kubeconfig(write_kubeconfig(
         tmp_path / "kc", {"client-certificate": "certs/me.crt", "client-key": "/abs/me.key"},

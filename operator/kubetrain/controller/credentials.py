@@ -109,17 +109,38 @@ def from_kubeconfig(path: Path) -> Credentials:
 
 
 def _file(section: dict[str, Any], key: str, base: Path) -> str | None:
-    """A path for `key`: the file it names (relative to the kubeconfig), or its `-data` written
-    to a private temporary file (ssl reads certificates and keys from files only)."""
+    """A path for `key`: the file it names (relative to the kubeconfig), or its `-data` held
+    where ssl can read it (ssl reads certificates and keys from files only)."""
     if data := section.get(f"{key}-data"):
-        fd, name = tempfile.mkstemp(prefix="kubetrain-", suffix=".pem")
-        with os.fdopen(fd, "wb") as out:
-            out.write(base64.b64decode(data))
-        atexit.register(_unlink, name)
-        return name
+        return _private_file(base64.b64decode(data))
     if value := section.get(key):
         return str(base / value)
     return None
+
+
+_held: dict[bytes, str] = {}
+
+
+def _private_file(data: bytes) -> str:
+    """`data` as a file only this process reads and nothing has to remove: an anonymous in-memory
+    file (memfd, mode 0600) that goes with the process however it ends, even by SIGKILL. Where
+    there is no memfd (not Linux), a private temporary file removed at exit. The same data read
+    again (the kubeconfig is read by each client) is the same file."""
+    if (name := _held.get(data)) is not None:
+        return name
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("kubetrain-credential", os.MFD_CLOEXEC)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(os.dup(fd), "wb") as out:
+            out.write(data)
+        name = f"/proc/self/fd/{fd}"  # fd stays open for the life of the process
+    else:
+        fd, name = tempfile.mkstemp(prefix="kubetrain-", suffix=".pem")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        atexit.register(_unlink, name)
+    _held[data] = name
+    return name
 
 
 def _unlink(name: str) -> None:
