@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.cluster import procs
 from tests.cluster.launcher import ClusterInfo, ControlPlane
-from tests.node import addons, network
+from tests.node import addons, claim, network
 from tests.node.images import coredns_image
 from tests.node.node import NodeError, RealNode, node_binaries, teardown
 
@@ -36,6 +36,7 @@ def node_dir(run_dir: Path) -> Path:
 def start(run_dir: Path, detach: bool = False) -> tuple[ControlPlane, RealNode, dict[str, float]]:
     """Network, control plane, node, add-ons; on failure everything started is undone."""
     node_binaries()  # fail before touching the host when the kubelet is not built
+    claim.acquire(node_dir(run_dir), detach)  # and when another run holds the node
     timings: dict[str, float] = {}
     started = time.monotonic()
     net = network.NodeNetwork()
@@ -66,12 +67,14 @@ def stop(cp: ControlPlane, keep_logs: bool = False) -> None:
     teardown(node_dir(cp.run_dir))
     cp.stop(keep_logs=keep_logs)
     network.NodeNetwork().down()
+    claim.release(node_dir(cp.run_dir))
 
 
 def stop_detached(info: ClusterInfo) -> None:
     """`down` for a cluster another process started."""
     teardown(node_dir(Path(info.run_dir)))
     network.NodeNetwork().down()
+    claim.release(node_dir(Path(info.run_dir)))
 
 
 def apply(cp: ControlPlane, manifests: list[dict[str, object]]) -> None:

@@ -1,8 +1,9 @@
 """Fixtures of the real-node tier: one control plane with one real node (kubelet, containerd,
-kube-proxy, CoreDNS; tests/node/cluster.py) per session, the product's images imported into the
-node, and the chart installed by the real Helm. Needs root; under CI=true a skip fails the run,
-and .ci/run builds what the tier needs. The host is compared before the node starts and after it
-stops: a difference fails the session."""
+kube-proxy, CoreDNS; tests/node/cluster.py) for the tier's tests, the product's images imported
+into the node, and the chart installed by the real Helm. Needs root; under CI=true a skip fails
+the run, and .ci/run builds what the tier needs. A node a killed run left is taken back first
+(claim.py); the host is compared before the node starts and after it stops: a difference fails
+the run."""
 
 from __future__ import annotations
 
@@ -56,13 +57,27 @@ def _prerequisites() -> str:
     return ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def node_host() -> None:
+    """This machine can run the real node (root, host packages, the built binaries), else skip."""
+    if why := _prerequisites():
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="package")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Package-scoped: the node goes as soon as this tier's tests are done, not at the end of the
+    whole run (a 2-core machine's kubelet, containerd and CoreDNS would idle through the rest)."""
+    from tests.node import claim
     from tests.node import cluster as real
 
     if why := _prerequisites():
         pytest.skip(why)
     run_dir = tmp_path_factory.mktemp("real-node")
+    try:  # a node a killed run left behind is taken back first, so the host is compared as it was
+        claim.acquire(real.node_dir(run_dir))
+    except claim.NodeBusy as e:
+        pytest.skip(f"the real-node tier: {e}")
     before = host_snapshot(run_dir)
     started = time.monotonic()
     cp, node, timings = real.start(run_dir)
@@ -88,11 +103,11 @@ def product_version() -> str:
     return str(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def release(real_cluster: Cluster) -> Iterator[str]:
     """The chart, `helm install`ed into a namespace that enforces Pod Security "restricted";
     the operator (2 replicas, leader election) watching every namespace. Uninstalled by the test
-    that checks uninstall, else at the end of the session."""
+    that checks uninstall, else after the tier."""
     real_cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     restrict(real_cluster, OPERATOR_NAMESPACE)
     real_cluster.helm("install", RELEASE, str(REPO / "charts" / "kubetrain"), "-n", OPERATOR_NAMESPACE,

@@ -172,9 +172,13 @@ def save_sysctls(path: Path) -> None:
 
 def restore_sysctls(path: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
-        for name, value in json.loads(path.read_text()).items():
-            if read_sysctl(name) != value:
-                Path("/proc/sys", *name.split(".")).write_text(value)
+        write_sysctls(json.loads(path.read_text()))
+
+
+def write_sysctls(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        if read_sysctl(name) != value:
+            Path("/proc/sys", *name.split(".")).write_text(value)
 
 
 def make_cgroup_root() -> None:
