@@ -71,6 +71,27 @@ def test_exit_codes_and_termination_messages(tmp_path: Path) -> None:
     assert "not restarting the worker group" in log and log.count("failed (exitcode: 65)") == 1
 
 
+def test_every_pod_reports_the_final_step_and_loss(tmp_path: Path) -> None:
+    """Two pods that share no run dir (no claim: each has its own emptyDir) train to the end: the
+    pod without rank 0 has no summary, and its termination record still carries the final step
+    and loss (the operator reads whichever pod exits 0 first into status.progress)."""
+    steps = 6
+    job = write_job(tmp_path / "job.json", _spec(steps, workers={"replicas": 2}))
+    port = free_port()
+    envs = [launcher_env(job, tmp_path / name, nnodes="2", port=port, host=name == "a") for name in ("a", "b")]
+    procs = [start_launcher(env, tmp_path / f"{name}.log") for env, name in zip(envs, ("a", "b"), strict=True)]
+    try:
+        for proc, name in zip(procs, ("a", "b"), strict=True):
+            assert _wait_exit(proc, 240) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    finally:
+        stop_all(procs)
+    records = [_termination(Path(env["KUBETRAIN_TERMINATION_LOG"])) for env in envs]
+    assert [(r["reason"], r["step"]) for r in records] == [("Succeeded", steps)] * 2, records
+    assert isinstance(records[0]["loss"], float) and records[0]["loss"] == records[1]["loss"], records
+    assert f"at step {steps}, final loss" in records[1]["message"], records[1]
+    assert (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "b" / "summary.json").exists()
+
+
 def test_elastic_scale_up_node_loss_preemption_and_resume(tmp_path: Path) -> None:
     """One pod trains alone (world 1); a second joins: the running worker checkpoints at the change
     (the save takes longer than torchrun's 30 s kill and still commits) and training continues at

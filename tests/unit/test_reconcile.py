@@ -896,6 +896,16 @@ def test_success_records_the_final_step_from_the_termination_record() -> None:
     assert (d.status.progress.step, d.status.progress.loss) == (30, 1.25)
 
 
+def test_success_takes_the_final_step_from_the_pod_that_has_one() -> None:
+    """Both pods exited 0 in the same pass; the first by index has no record (an older trainer
+    image): the other pod's final step is the job's."""
+    status = running_status(progress={"step": 12, "loss": 1.5, "updatedAt": ts(-5)})
+    pods = (pod(0, phase="Succeeded", exit_code=0), pod(1, phase="Succeeded", exit_code=0, final_step=20, final_loss=1.1))
+    d = reconcile(make_job(TWO, status), Observed(pods=pods, service=True, config_map_hash=cm_hash(TWO)), T0, SETTINGS)
+    assert d.status.phase == "Succeeded" and d.status.progress is not None
+    assert (d.status.progress.step, d.status.progress.loss) == (20, 1.1)
+
+
 def test_termination_record_step_and_loss_are_parsed() -> None:
     from kubetrain.controller.observed import pod_view
 

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             write_marker(launch_dir_from_env(), "preempted", rank, {"step": step})
             log.info("stopped after the checkpoint of step %s; exit %d", step, EXIT_PREEMPTED)
             rc = EXIT_PREEMPTED
-        elif ctx.is_main:
+        else:  # every rank: a pod without rank 0 (and without a shared run dir) reports the end too
+            write_marker(launch_dir_from_env(), "finished", rank, {"step": summary.steps, "loss": summary.final_loss})
+        if not trainer.stop_requested and ctx.is_main:
             (run_dir / "summary.json").write_text(json.dumps(_summary_json(summary), indent=2) + "\n")
             log.info(
                 "done: %d steps, final loss %.4f, %.0f tokens/s", summary.steps,

@@ -23,7 +23,9 @@ PET_LOCAL_ADDR; plus KUBETRAIN_SPEC_FILE (or --spec) and KUBETRAIN_RUN_DIR.
 Worker contract: workers get KUBETRAIN_LAUNCH_DIR, a node-local directory. A worker that
 stopped on SIGTERM after a committed checkpoint writes `preempted-rank<R>.json`
 ({"step": N}) there and exits 75; a worker that fails writes `failure-rank<R>.json`
-({reason, message, step}) and exits with its class (64, 65 or other). Markers are cleared
+({reason, message, step}) and exits with its class (64, 65 or other); a worker that trained to
+the end writes `finished-rank<R>.json` ({step, loss}: the pod's final record, whichever ranks
+it hosts) and exits 0. Markers are cleared
 whenever a worker group starts (a scale-up's exit 75 is not the job's outcome), and a group
 that failed permanently (64/65) is not restarted: the same spec fails the same way again.
 The rendezvous store is not shared with the workers (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1):
@@ -193,7 +195,7 @@ class _AgentState:
 def _clear_markers(launch_dir: Path) -> None:
     """A new worker group starts: what the previous one reported (a scale-up's preempted markers,
     a restarted group's failures) no longer describes the job."""
-    for path in [*launch_dir.glob("preempted-rank*.json"), *launch_dir.glob("failure-rank*.json")]:
+    for path in [p for kind in ("preempted", "failure", "finished") for p in launch_dir.glob(f"{kind}-rank*.json")]:
         path.unlink(missing_ok=True)
 
 
@@ -348,18 +350,21 @@ def run_agent(spec_path: str, run_dir: Path, launch_dir: Path, save_timeout: int
                        "since the last committed checkpoint")
     except Exception as exc:  # rendezvous timeouts and closed rendezvous land here
         return Outcome(EXIT_RETRYABLE, type(exc).__name__, str(exc) or repr(exc))
-    return _preempted(launch_dir) or _succeeded(run_dir)
+    return _preempted(launch_dir) or _succeeded(run_dir, launch_dir)
 
 
-def _succeeded(run_dir: Path) -> Outcome:
-    """Success, with the final step and loss from the trainer's summary (the operator's last
-    /progress poll may predate the last steps)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    step = summary.get("steps") if isinstance(summary.get("steps"), int) else None
-    loss = summary.get("final_loss") if isinstance(summary.get("final_loss"), (int, float)) else None
+def _succeeded(run_dir: Path, launch_dir: Path) -> Outcome:
+    """Success, with the final step and loss (the operator's last /progress poll may predate the
+    last steps): from this pod's workers' `finished` markers, else rank 0's summary."""
+    rec = max(_markers(launch_dir, "finished"), key=lambda m: m.get("step") or 0, default=None)
+    if rec is None:
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        rec = {"step": summary.get("steps"), "loss": summary.get("final_loss")}
+    step = rec.get("step") if isinstance(rec.get("step"), int) else None
+    loss = rec.get("loss") if isinstance(rec.get("loss"), (int, float)) else None
     detail = f" at step {step}" + (f", final loss {loss:.4f}" if loss is not None else "") if step else ""
     return Outcome(EXIT_OK, "Succeeded", f"training finished{detail}", step, loss)
 

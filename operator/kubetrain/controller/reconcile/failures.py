@@ -40,7 +40,7 @@ def success(s: PassState, spec: api.TrainingJobSpec) -> Decision | None:
     so one worker's success is the job's; the rest are cleaned per cleanPodPolicy."""
     done = outcomes(s, spec, "succeeded")
     if done:
-        record_final_progress(s, done[0])
+        record_final_progress(s, max(done, key=lambda p: -1 if p.final_step is None else p.final_step))
         return finish(s, True, R_COMPLETED, f"training finished: pod {done[0].name} exited 0")
     return None
 
