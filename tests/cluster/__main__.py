@@ -38,12 +38,19 @@ def up(args: argparse.Namespace) -> int:
             return 0
         path.unlink()
     run_dir = binaries.cache_dir() / "cluster" / "run"
+    if args.real_node:  # before the run dir goes: a node left there is taken back by its records
+        from tests.node import claim
+        from tests.node import cluster as real
+
+        try:
+            claim.acquire(real.node_dir(run_dir), detach=True)
+        except claim.NodeBusy as e:
+            print(e, file=sys.stderr)
+            return 1
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.monotonic()
     try:
         if args.real_node:
-            from tests.node import cluster as real
-
             cp, _, _ = real.start(run_dir, detach=True)
             assert cp.info is not None
             info = cp.info

@@ -291,10 +291,20 @@ def test_operator_restarted_mid_admission_duplicates_nothing(cluster: Cluster, n
         op.start()
         wait_queued(cluster, namespace, name)
     finish(cluster, namespace, "hold")
-    # Each queued job has one Workload (workload() asserts it) and the queue admits them in turn.
-    for round_ in range(3):
-        name = f"restart{round_}"
-        wait_admitted(cluster, namespace, name, timeout=40)
+    # Each queued job has one Workload (workload() asserts it) and the queue admits them one at a
+    # time (16 GPUs each, 16 in the queue), in the order Kueue picks: BestEffortFIFO moves a head
+    # it found inadmissible behind the next one, so restart2 may well run before restart1.
+    waiting = [f"restart{round_}" for round_ in range(3)]
+    while waiting:
+        def admitted() -> str | None:
+            return next((job for job in waiting if wl_condition(workload(cluster, namespace, job), "Admitted")
+                         .get("status") == "True"), None)
+
+        try:
+            name = wait_for(admitted, 40, f"one of {waiting} Admitted")
+        except TimeoutError as e:
+            raise explained(cluster, namespace, waiting[0], e) from None
+        waiting.remove(name)
         ps = wait_running(cluster, namespace, name, 2)
         assert len(pods(cluster, namespace, name, live=False)) == 2
         op.kill()
