@@ -11,6 +11,8 @@ touches the host, with the kernel settings as they were; the next run finds the 
 - the holder is gone: tears down what it left, restores the settings recorded in the claim, and
   says so on stderr.
 
+The claim is the one record of those settings: release() (after teardown) restores them too.
+
     claim.acquire(node_dir, detach)   # before the node's network is made
     claim.release(node_dir)           # after teardown"""
 
@@ -71,17 +73,25 @@ def read() -> Claim | None:
         return None
 
 
+def busy() -> str:
+    """Why this process cannot have the node now (another run holds it), or ""."""
+    held = read()
+    if held is None or held.owner == os.getpid() or not held.alive():
+        return ""
+    stop = ("stop it with `python -m tests.cluster down`" if held.detached
+            else "one real node per machine: wait for that run to end")
+    return f"{held.describe()} is running; {stop}"
+
+
 def acquire(node_dir: Path, detach: bool = False) -> None:
     """Claim the node for a node run in node_dir (idempotent for the same process and dir)."""
     held = read()
     me = os.getpid()
     if held is not None and held.owner == me and held.node_dir == str(node_dir):
         return
+    if why := busy():
+        raise NodeBusy(why)
     if held is not None:
-        if held.alive():
-            stop = ("stop it with `python -m tests.cluster down`" if held.detached
-                    else "one real node per machine: wait for that run to end")
-            raise NodeBusy(f"{held.describe()} is running; {stop}")
         reclaim(held)
     CLAIM.write_text(json.dumps(asdict(Claim(
         node_dir=str(node_dir), owner=me, owner_started=_started(me), detached=detach,
@@ -100,7 +110,9 @@ def reclaim(held: Claim) -> None:
 
 
 def release(node_dir: Path) -> None:
-    """Give the node up after teardown (only the claim of the node in node_dir)."""
+    """Give the node up after teardown, with the kernel settings as they were (only the claim of
+    the node in node_dir)."""
     held = read()
     if held is not None and held.node_dir == str(node_dir):
+        write_sysctls(held.sysctls)
         CLAIM.unlink(missing_ok=True)

@@ -41,6 +41,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def _prerequisites() -> str:
+    from tests.node import claim
+
     if os.geteuid() != 0:
         return "the real-node tier needs root (network namespace, cgroups, containerd): run pytest as root"
     absent = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
@@ -54,30 +56,30 @@ def _prerequisites() -> str:
         node_images.tool("pause")
     except (binaries.MissingBinaries, node_images.MissingNodeBinaries) as e:
         return f"the real-node tier: {e} (CI builds them in .ci/run)"
+    if why := claim.busy():
+        return f"the real-node tier: {why}"
     return ""
 
 
-@pytest.fixture
+@pytest.fixture(scope="package")
 def node_host() -> None:
-    """This machine can run the real node (root, host packages, the built binaries), else skip."""
+    """This machine can run the real node now (root, host packages, the built binaries, no other
+    run holding the node), else skip: outside CI only (conftest.py turns a skip under CI=true
+    into a failure), with the reason and the command that mends it."""
     if why := _prerequisites():
         pytest.skip(why)
 
 
 @pytest.fixture(scope="package")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def real_cluster(node_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Package-scoped: the node goes as soon as this tier's tests are done, not at the end of the
     whole run (a 2-core machine's kubelet, containerd and CoreDNS would idle through the rest)."""
     from tests.node import claim
     from tests.node import cluster as real
 
-    if why := _prerequisites():
-        pytest.skip(why)
     run_dir = tmp_path_factory.mktemp("real-node")
-    try:  # a node a killed run left behind is taken back first, so the host is compared as it was
-        claim.acquire(real.node_dir(run_dir))
-    except claim.NodeBusy as e:
-        pytest.skip(f"the real-node tier: {e}")
+    # a node a killed run left behind is taken back first, so the host is compared as it was
+    claim.acquire(real.node_dir(run_dir))
     before = host_snapshot(run_dir)
     started = time.monotonic()
     cp, node, timings = real.start(run_dir)

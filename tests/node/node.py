@@ -5,10 +5,11 @@ namespace, so the node's mounts, routes and iptables rules vanish with it.
     node = RealNode(run_dir, server, certs)
     node.start()      # returns when the Node is Ready
     ...
-    node.stop()       # or teardown(run_dir) from another process: the host is left as it was
+    teardown(run_dir) # also from another process: the node stopped, its host changes undone
 
-What the kubelet changes outside its namespaces is undone by teardown(): the kernel settings it
-writes (saved before it starts), its cgroup tree (CGROUP_ROOT), the containers and shims."""
+What the kubelet changes outside its namespaces is undone by teardown(): its cgroup tree
+(CGROUP_ROOT), the containers and shims, its log links. The kernel settings it writes are
+recorded before it starts and restored by the node's claim (claim.py), which outlives the run."""
 
 from __future__ import annotations
 
@@ -66,7 +67,6 @@ class RealNode:
         p = self.paths
         for d in (p.run / "logs", p.state, p.kubelet_root, p.pod_logs, p.cni_conf_dir, p.pki, p.volumes, p.images):
             d.mkdir(parents=True, exist_ok=True)
-        save_sysctls(p.run / "sysctls.json")
         make_cgroup_root()
         if not config.CONTAINER_LOG_LINKS.exists():
             (p.run / "made-container-log-links").touch()
@@ -86,10 +86,6 @@ class RealNode:
         self._wait("kubelet", lambda: node_ready(kubectl))
         self.timings["node ready (s)"] = time.monotonic() - started
         self._save_pids()
-
-    def stop(self) -> None:
-        teardown(self.paths.run)
-        self.procs.clear()
 
     def logs(self, name: str, lines: int = 60) -> str:
         return procs.tail(self.paths.run / "logs" / f"{name}.log", lines)
@@ -163,16 +159,6 @@ def node_ready(kubectl: Callable[..., str]) -> bool:
 
 def read_sysctl(name: str) -> str:
     return Path("/proc/sys", *name.split(".")).read_text().strip()
-
-
-def save_sysctls(path: Path) -> None:
-    if not path.exists():  # a restart keeps the values from before the first start
-        path.write_text(json.dumps({name: read_sysctl(name) for name in SYSCTLS}))
-
-
-def restore_sysctls(path: Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        write_sysctls(json.loads(path.read_text()))
 
 
 def write_sysctls(values: dict[str, str]) -> None:
@@ -263,7 +249,6 @@ def teardown(run_dir: Path) -> None:
         lambda: stop_group(pids.get("namespaces", 0)),
         lambda: kill_shims(paths.socket),
         kill_cgroup_tree,
-        lambda: restore_sysctls(run_dir / "sysctls.json"),
         lambda: remove_log_links(paths.pod_logs),
         lambda: unmount_under(run_dir),
         lambda: shutil.rmtree(paths.state, ignore_errors=True),
