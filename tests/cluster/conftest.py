@@ -87,7 +87,7 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 def trainingjob_crd(cluster: Cluster) -> str:
     """Install manifests/crd.yaml (the generated TrainingJob CRD) and wait until it is served."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubetrain.dev")
+    cluster.wait_established("trainingjobs.kubetrain.dev")
     wait_for(lambda: cluster.kubectl("get", "tj", "-A", check=False).returncode == 0, 30, "tj to be served")
     return "trainingjobs.kubetrain.dev"
 

@@ -100,6 +100,15 @@ class Cluster:
             raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Each CRD's Established condition True. Not `kubectl wait --for=condition=Established`:
+        asked before the API server wrote the CRD's first status, it fails at once ("status.conditions
+        accessor error: <nil>") instead of waiting (CI saw it)."""
+        for crd in crds:
+            wait_for(lambda crd=crd: self.kubectl(
+                "get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                check=False).stdout.strip() == "True", timeout, f"CRD {crd} Established")
+
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 

@@ -197,9 +197,7 @@ class KueueManager:
         assert self.host.startswith("127."), f"the tier's ClusterIPs are loopback, got {self.host}"
         self.crds = crds(self.port)
         self._apply(self.crds)
-        for crd in self.crds:
-            self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                 f"crd/{crd['metadata']['name']}")
+        self.cluster.wait_established(*(crd["metadata"]["name"] for crd in self.crds))
         self._apply(rbac())
         self.cluster.kubectl("apply", "-f", str(REPO / "manifests" / "kueue" / "rbac.yaml"))
         self._apply(webhooks(self.port))

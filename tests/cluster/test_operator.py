@@ -631,8 +631,7 @@ def _pod_group_crd(name: str, group: str, version: str) -> dict[str, Any]:
 def test_pod_groups_for_volcano_and_scheduler_plugins(cluster: Cluster, namespace: str, operator: Operator) -> None:
     for crd in POD_GROUP_CRDS:
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(_pod_group_crd(*crd)))
-    for crd in POD_GROUP_CRDS:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd[0]}")
+    cluster.wait_established(*(crd[0] for crd in POD_GROUP_CRDS), timeout=30)
     workers = {"replicas": 3, "minReplicas": 2, "maxReplicas": 3, "gpusPerWorker": 8}
     apply(cluster, namespace, tj("vc", workers=workers,
                                  runPolicy={"scheduling": {"gang": "volcano", "queue": "research",

@@ -127,8 +127,7 @@ def audit_start(cluster: Cluster) -> Iterator[str]:
 def _lifecycle(cluster: Cluster, namespace: str) -> None:
     for crd in POD_GROUP_CRDS:
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(_pod_group_crd(*crd)))
-    for crd in POD_GROUP_CRDS:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd[0]}")
+    cluster.wait_established(*(crd[0] for crd in POD_GROUP_CRDS), timeout=30)
     # A native gang that fits, then a spec edit, a lost worker (gang restart) and success.
     apply(cluster, namespace, tj("life", workers={"replicas": 2}, runPolicy={
         "scheduling": {"gang": "kubernetes"}, "ttlSecondsAfterFinished": 1, "backoffLimit": 3}))

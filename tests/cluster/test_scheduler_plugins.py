@@ -50,7 +50,7 @@ def _replace_crd(cluster: Cluster, crd: dict[str, Any] | None) -> None:
     cluster.kubectl("delete", "crd", CRD, "--ignore-not-found", "--wait=true", timeout=120)
     if crd is not None:
         cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD}")
+        cluster.wait_established(CRD)
 
 
 @pytest.fixture(scope="module")

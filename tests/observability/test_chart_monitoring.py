@@ -142,8 +142,7 @@ def prometheus_operator_crds(cluster: Cluster) -> list[str]:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                         str(crd_dir / f"monitoring.coreos.com_{kind}.yaml"))
         names.append(f"{kind}.monitoring.coreos.com")
-    for name in names:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    cluster.wait_established(*names)
     wait_for(lambda: cluster.kubectl("get", "servicemonitors", "-A", check=False).returncode == 0, 30,
              "servicemonitors to be served")
     cluster.kubectl("create", "namespace", RELEASE_NS, check=False)
